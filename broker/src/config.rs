@@ -1,0 +1,76 @@
+//! The broker's configuration: one type, defaults in one place.
+//!
+//! Today it is filled from command-line flags (and `PROMPTMQ_*` environment variables for
+//! the same keys); the operations issue adds the YAML file layer on top of this same type.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Everything the broker can be told. Every field is used; its doc says where.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "promptmq", version = crate::VERSION_STRING, about = "A fast, durable MQTT 3.1.1 and 5.0 broker")]
+pub struct Config {
+    /// Address of the MQTT TCP listener.
+    #[arg(long, env = "PROMPTMQ_SERVER_BIND", default_value = "0.0.0.0:1883")]
+    pub bind: SocketAddr,
+
+    /// Worker threads, one per core, each owning a shard of the topics (0 = number of CPUs).
+    #[arg(long, env = "PROMPTMQ_CORES", default_value_t = 0)]
+    pub cores: usize,
+
+    /// Directory for durable state; created if missing.
+    #[arg(long, env = "PROMPTMQ_STORAGE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Log filter: error, warn, info, debug, trace (or a tracing EnvFilter directive).
+    #[arg(long, env = "PROMPTMQ_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Largest keep-alive granted, in seconds. An MQTT 5 client asking for more is told this
+    /// value as Server Keep Alive in CONNACK.
+    #[arg(long, env = "PROMPTMQ_MQTT_MAX_KEEP_ALIVE", default_value_t = 65535, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_keep_alive: u16,
+
+    /// Largest MQTT packet accepted, in bytes (announced as Maximum Packet Size in 5.0);
+    /// larger packets close the connection with reason 0x95.
+    #[arg(long, env = "PROMPTMQ_MQTT_MAX_PACKET_SIZE", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u32).range(16..=268_435_460))]
+    pub max_packet_size: u32,
+
+    /// Receive Maximum: QoS 1/2 publishes a client may have unacknowledged towards the
+    /// broker (more is DISCONNECT 0x93), and the cap on the broker's own outbound window.
+    #[arg(long, env = "PROMPTMQ_MQTT_MAX_INFLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_inflight: u16,
+
+    /// Messages queued per session beyond its inflight window (offline persistent sessions
+    /// and slow consumers). When full, the oldest queued message is dropped and counted.
+    #[arg(long, env = "PROMPTMQ_MQTT_MAX_QUEUED_MESSAGES", default_value_t = 1000)]
+    pub max_queued_messages: usize,
+
+    /// Topic Alias Maximum announced to MQTT 5 clients (client-to-broker aliases); 0 disables.
+    #[arg(long, env = "PROMPTMQ_MQTT_TOPIC_ALIAS_MAXIMUM", default_value_t = 1024)]
+    pub topic_alias_maximum: u16,
+
+    /// Bytes that may wait in one connection's write queue before QoS 0 messages to it are
+    /// dropped (QoS 1/2 wait in the session queue instead).
+    #[arg(long, env = "PROMPTMQ_MQTT_MAX_WRITE_BUFFER", default_value_t = 4 * 1024 * 1024)]
+    pub max_write_buffer: usize,
+}
+
+impl Config {
+    /// The number of cores to run: `cores`, or the number of CPUs when it is 0.
+    pub fn effective_cores(&self) -> usize {
+        if self.cores > 0 {
+            self.cores
+        } else {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config::parse_from(["promptmq"])
+    }
+}

@@ -1,0 +1,1090 @@
+//! One core's broker state machine, sans-IO: events in ([`Core::on_bytes`],
+//! [`Core::on_message`], [`Core::on_tick`], ...), [`Action`]s out. The runtime driver
+//! (`server.rs`) owns sockets, timers and rings and does what the actions say; this file
+//! never touches a socket or reads a clock (time comes in as `now`).
+//!
+//! A core plays two roles:
+//! - **session host** for the connections it accepted and the sessions that live on it;
+//! - **shard** for the topics that hash to it: it orders their messages, keeps their
+//!   retained messages and their subscriptions (exact filters here only, wildcard
+//!   filters on every shard), and fans messages out to the cores hosting subscribers.
+//!
+//! Cores talk only through [`CoreMsg`]s. A message to itself takes no ring: it goes
+//! through `local_inbox` within the same event.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::codec::{
+    self, reason, Ack, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, Publish,
+    QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
+};
+use crate::config::Config;
+use crate::message::{Message, SharedMessage};
+use crate::registry::Registry;
+use crate::router::{RetainedStore, SessionRef, Subscriber, SubscriptionIndex, Target};
+use crate::session::{self, Conn, ConnId, Limits, Outgoing, Phase, Session, StoredSubscription, Writer};
+use crate::stats::Stats;
+use crate::topic;
+
+/// What the driver must do.
+#[derive(Debug)]
+pub enum Action {
+    /// Append these bytes to the connection's write queue.
+    Write(ConnId, Bytes),
+    /// Write what is queued, then close the connection.
+    Close(ConnId),
+    /// Push onto the ring towards `core` and wake it.
+    Send(usize, CoreMsg),
+}
+
+/// Identifies a request awaiting replies from shards (SUBSCRIBE, UNSUBSCRIBE).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestRef {
+    pub core: usize,
+    pub id: u64,
+}
+
+/// Where a shard sends the acknowledgement of an inbound QoS 1/2 publish. The shard
+/// replies once it has taken the message (and, with the WAL, once it is durable), so the
+/// PUBACK/PUBREC is an action the shard may delay.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishAck {
+    pub core: usize,
+    pub conn: ConnId,
+    pub pkid: u16,
+    pub qos: QoS,
+}
+
+/// Messages between cores.
+#[derive(Debug)]
+pub enum CoreMsg {
+    /// To the topic's shard: order, retain, fan out.
+    Publish { msg: SharedMessage, ack: Option<PublishAck> },
+    /// From the shard: the publish was taken.
+    PublishDone { conn: ConnId, pkid: u16, qos: QoS, matched: bool },
+    /// From a shard to a session host: deliver `msg` to these sessions.
+    Deliver { msg: SharedMessage, targets: Vec<Target> },
+    /// To a shard: add or replace a subscription.
+    Subscribe {
+        req: Option<(RequestRef, usize)>,
+        subscriber: Subscriber,
+        filter: Bytes,
+        group: Option<Bytes>,
+        want_retained: bool,
+    },
+    /// From a shard: subscription in place; retained messages that match it.
+    SubscribeDone { req_id: u64, filter_index: usize, retained: Vec<SharedMessage> },
+    /// To a shard: remove a subscription of this session incarnation.
+    Unsubscribe { req: Option<RequestRef>, client_id: Bytes, epoch: u64, filter: Bytes, group: Option<Bytes> },
+    UnsubscribeDone { req_id: u64 },
+    /// To the core holding a client id: a new connection on `new_core` claims it.
+    Takeover { client_id: Bytes, new_core: usize, new_epoch: u64, clean_start: bool, conn: ConnId },
+    /// Reply to `Takeover`: the session, unless it ended or the new connection asked for a
+    /// clean start.
+    Handoff { client_id: Bytes, conn: ConnId, epoch: u64, session: Option<Box<Session>> },
+}
+
+enum Pending {
+    SubAck { conn: ConnId, pkid: u16, reasons: Vec<u8>, filters: Vec<(QoS, Option<u32>)>, outstanding: usize, retained: Vec<(usize, SharedMessage)> },
+    UnsubAck { conn: ConnId, pkid: u16, reasons: Vec<u8>, outstanding: usize },
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    KeepAlive(ConnId),
+    Session(Bytes),
+    Tombstone(Bytes),
+}
+
+/// Why a connection is being closed by the broker.
+struct CloseWith {
+    /// DISCONNECT reason to send first (MQTT 5 only).
+    reason: Option<u8>,
+    /// Publish the will (abnormal end) or discard it.
+    will: bool,
+}
+
+/// One core: session host and shard.
+pub struct Core {
+    pub id: usize,
+    cores: usize,
+    config: Arc<Config>,
+    limits: Limits,
+    registry: Arc<Registry>,
+    conns: HashMap<ConnId, Conn>,
+    next_conn: ConnId,
+    sessions: HashMap<Bytes, Session>,
+    /// Sessions handed to another core: deliveries still addressed here are forwarded.
+    moved: HashMap<Bytes, (u64, usize, u64, Instant)>,
+    subscriptions: SubscriptionIndex,
+    retained: RetainedStore,
+    pending: HashMap<u64, Pending>,
+    next_request: u64,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    local_inbox: VecDeque<CoreMsg>,
+    actions: Vec<Action>,
+    writes: Vec<(ConnId, Bytes)>,
+    scratch: BytesMut,
+    route_scratch: Vec<Target>,
+    /// Distinguishes assigned client ids of this process from those of earlier runs.
+    nonce: u64,
+    pub stats: Stats,
+}
+
+/// FNV-1a: stable across processes and platforms, so a topic maps to the same shard after
+/// a restart (the WAL depends on that).
+pub fn shard_of(topic: &[u8], cores: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in topic {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % cores.max(1) as u64) as usize
+}
+
+impl Core {
+    /// `nonce` makes assigned client ids unique across restarts (the driver passes the
+    /// start time).
+    pub fn new(id: usize, cores: usize, config: Arc<Config>, registry: Arc<Registry>, nonce: u64) -> Core {
+        let limits = Limits {
+            max_inflight: config.max_inflight,
+            max_queued: config.max_queued_messages,
+            max_write_buffer: config.max_write_buffer,
+        };
+        Core {
+            id,
+            cores,
+            config,
+            limits,
+            registry,
+            conns: HashMap::new(),
+            next_conn: 1,
+            sessions: HashMap::new(),
+            moved: HashMap::new(),
+            subscriptions: SubscriptionIndex::default(),
+            retained: RetainedStore::default(),
+            pending: HashMap::new(),
+            next_request: 1,
+            timers: BinaryHeap::new(),
+            local_inbox: VecDeque::new(),
+            actions: Vec::new(),
+            writes: Vec::new(),
+            scratch: BytesMut::with_capacity(4096),
+            route_scratch: Vec::new(),
+            nonce,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Takes the actions produced so far.
+    pub fn take_actions(&mut self, into: &mut Vec<Action>) {
+        self.flush_writes();
+        into.append(&mut self.actions);
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn retained_count(&self) -> usize {
+        self.retained.len()
+    }
+
+    // ---- events from the driver -------------------------------------------------------
+
+    /// A connection was accepted on this core.
+    pub fn on_accept(&mut self, now: Instant) -> ConnId {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        self.conns.insert(id, Conn::new(id, now));
+        self.stats.connections_accepted += 1;
+        id
+    }
+
+    /// Bytes arrived on a connection: decodes and handles every complete packet in `buf`,
+    /// leaving a partial one in place.
+    pub fn on_bytes(&mut self, id: ConnId, buf: &mut BytesMut, now: Instant) {
+        let max = self.config.max_packet_size as usize;
+        loop {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                buf.clear();
+                break;
+            };
+            conn.last_seen = now;
+            let version = match conn.phase {
+                Phase::AwaitingConnect => None,
+                _ => Some(conn.version),
+            };
+            let frame = match codec::check_frame(buf, max) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    buf.clear();
+                    self.protocol_failure(id, &e, now);
+                    break;
+                }
+            };
+            let bytes = buf.split_to(frame.total_len).freeze();
+            match codec::decode_packet(bytes, version) {
+                Ok(packet) => self.on_packet(id, packet, now),
+                Err(e) => {
+                    buf.clear();
+                    self.protocol_failure(id, &e, now);
+                    break;
+                }
+            }
+        }
+        self.run_local(now);
+    }
+
+    /// The connection's socket closed or failed.
+    pub fn on_closed(&mut self, id: ConnId, now: Instant) {
+        if self.conns.contains_key(&id) {
+            self.close(id, CloseWith { reason: None, will: true }, now);
+            self.run_local(now);
+        }
+    }
+
+    /// The writer wrote `n` bytes of this connection's queue.
+    pub fn on_written(&mut self, id: ConnId, n: usize) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.pending_write = c.pending_write.saturating_sub(n);
+        }
+    }
+
+    /// A message from another core (or from this one).
+    pub fn on_message(&mut self, msg: CoreMsg, now: Instant) {
+        self.handle_message(msg, now);
+        self.run_local(now);
+    }
+
+    /// Time passed: keep-alive, will delay, session expiry.
+    pub fn on_tick(&mut self, now: Instant) {
+        while let Some(Reverse((due, _))) = self.timers.peek() {
+            if *due > now {
+                break;
+            }
+            let Some(Reverse((_, timer))) = self.timers.pop() else { break };
+            match timer {
+                Timer::KeepAlive(id) => self.check_keep_alive(id, now),
+                Timer::Session(client_id) => self.check_session(&client_id, now),
+                Timer::Tombstone(client_id) => {
+                    if self.moved.get(&client_id).is_some_and(|m| m.3 <= now) {
+                        self.moved.remove(&client_id);
+                    }
+                }
+            }
+        }
+        self.run_local(now);
+    }
+
+    /// The earliest timer, so the driver knows when to tick next.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    // ---- plumbing -----------------------------------------------------------------------
+
+    fn send(&mut self, core: usize, msg: CoreMsg) {
+        if core == self.id {
+            self.local_inbox.push_back(msg);
+        } else {
+            self.actions.push(Action::Send(core, msg));
+        }
+    }
+
+    fn run_local(&mut self, now: Instant) {
+        while let Some(msg) = self.local_inbox.pop_front() {
+            self.handle_message(msg, now);
+        }
+        self.flush_writes();
+    }
+
+    fn flush_writes(&mut self) {
+        for (id, bytes) in self.writes.drain(..) {
+            self.actions.push(Action::Write(id, bytes));
+        }
+    }
+
+    fn write_packet(&mut self, id: ConnId, packet: &Packet) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        Writer { out: &mut self.writes, scratch: &mut self.scratch }.packet(conn, packet);
+    }
+
+    fn shards_for(&self, filter: &[u8]) -> Vec<usize> {
+        if topic::has_wildcards(filter) {
+            (0..self.cores).collect()
+        } else {
+            vec![shard_of(filter, self.cores)]
+        }
+    }
+
+    // ---- packets ------------------------------------------------------------------------
+
+    fn on_packet(&mut self, id: ConnId, packet: Packet, now: Instant) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        match &mut conn.phase {
+            Phase::AwaitingConnect => match packet {
+                Packet::Connect(c) => self.on_connect(id, c, now),
+                // The decoder accepts only CONNECT before CONNECT; this is defence in depth.
+                _ => self.close(id, CloseWith { reason: None, will: false }, now),
+            },
+            Phase::AwaitingSession { pending } => {
+                if pending.len() >= 1024 {
+                    self.close(id, CloseWith { reason: Some(reason::RECEIVE_MAXIMUM_EXCEEDED), will: false }, now);
+                } else {
+                    pending.push(packet);
+                }
+            }
+            Phase::Connected => self.on_connected_packet(id, packet, now),
+        }
+    }
+
+    fn on_connected_packet(&mut self, id: ConnId, packet: Packet, now: Instant) {
+        match packet {
+            Packet::Publish(p) => self.on_publish(id, p, now),
+            Packet::PubAck(a) => self.on_puback(id, a.pkid, now),
+            Packet::PubRec(a) => self.on_pubrec(id, a, now),
+            Packet::PubRel(a) => self.on_pubrel(id, a.pkid),
+            Packet::PubComp(a) => self.on_pubcomp(id, a.pkid, now),
+            Packet::Subscribe(s) => self.on_subscribe(id, s, now),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(id, u, now),
+            Packet::PingReq => self.write_packet(id, &Packet::PingResp),
+            Packet::Disconnect(d) => self.on_disconnect(id, d, now),
+            // A second CONNECT is a protocol error [MQTT-3.1.0-2]; so is AUTH when CONNECT
+            // named no authentication method [MQTT-4.12.0-1]; and server-to-client packets.
+            Packet::Connect(_)
+            | Packet::Auth(_)
+            | Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp => self.close(id, CloseWith { reason: Some(reason::PROTOCOL_ERROR), will: true }, now),
+        }
+    }
+
+    fn protocol_failure(&mut self, id: ConnId, e: &DecodeError, now: Instant) {
+        let Some(conn) = self.conns.get(&id) else { return };
+        tracing::debug!(conn = id, error = %e, "closing connection on bad packet");
+        if matches!(conn.phase, Phase::AwaitingConnect) {
+            // A CONNECT we cannot accept: answer with CONNACK where the client can read it
+            // [MQTT-3.1.2-2], then close.
+            if let DecodeError::UnsupportedProtocolVersion(level) = e {
+                let (version, code) = if *level > 5 {
+                    (ProtocolVersion::V5, reason::UNSUPPORTED_PROTOCOL_VERSION)
+                } else {
+                    (ProtocolVersion::V311, reason::UNSUPPORTED_PROTOCOL_VERSION)
+                };
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.version = version;
+                }
+                self.connack_refuse(id, code);
+                return;
+            }
+            self.close(id, CloseWith { reason: None, will: false }, now);
+            return;
+        }
+        self.close(id, CloseWith { reason: Some(e.reason_code()), will: true }, now);
+    }
+
+    // ---- CONNECT ------------------------------------------------------------------------
+
+    fn connack_refuse(&mut self, id: ConnId, code: u8) {
+        let ack = ConnAck { session_present: false, code, properties: Properties::default() };
+        self.write_packet(id, &Packet::ConnAck(ack));
+        self.conns.remove(&id);
+        self.flush_writes();
+        self.actions.push(Action::Close(id));
+    }
+
+    fn on_connect(&mut self, id: ConnId, c: Connect, now: Instant) {
+        let max_keep_alive = self.config.max_keep_alive;
+        let core_id = self.id;
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        conn.version = c.protocol;
+        let v5 = c.protocol.is_v5();
+        if v5 && c.properties.authentication_method.is_some() {
+            // Enhanced authentication is not supported: say so [MQTT-4.12.0-1].
+            self.connack_refuse(id, reason::BAD_AUTHENTICATION_METHOD);
+            return;
+        }
+        if let Some(w) = &c.will {
+            if topic::validate_topic_name(&w.topic).is_err() {
+                self.connack_refuse(id, reason::TOPIC_NAME_INVALID);
+                return;
+            }
+        }
+        let mut client_id = c.client_id.clone();
+        if client_id.is_empty() {
+            if !v5 && !c.clean_start {
+                // [MQTT-3.1.3-8]
+                self.connack_refuse(id, reason::CLIENT_IDENTIFIER_NOT_VALID);
+                return;
+            }
+            client_id = Bytes::from(format!("promptmq-{:x}-{core_id}-{id}", self.nonce));
+            conn.assigned_client_id = v5;
+        }
+        conn.client_id = client_id.clone();
+        let mut keep_alive = c.keep_alive;
+        if v5 && keep_alive > max_keep_alive {
+            keep_alive = max_keep_alive;
+            conn.server_keep_alive = Some(max_keep_alive);
+        }
+        conn.keep_alive = Duration::from_secs(u64::from(keep_alive));
+        conn.clean_start = c.clean_start;
+        conn.will = c.will;
+        if v5 {
+            let p = &c.properties;
+            conn.client_receive_max = p.receive_maximum.unwrap_or(u16::MAX);
+            conn.client_max_packet = p.maximum_packet_size.map_or(conn.client_max_packet, |m| m as usize);
+            conn.client_alias_max = p.topic_alias_maximum.unwrap_or(0);
+            conn.session_expiry = p.session_expiry_interval.unwrap_or(0);
+        } else {
+            conn.session_expiry = if c.clean_start { 0 } else { u32::MAX };
+        }
+        if let Some(deadline) = conn.keep_alive_deadline() {
+            self.timers.push(Reverse((deadline, Timer::KeepAlive(id))));
+        }
+        let claim = self.registry.claim(&client_id, self.id);
+        match claim.previous_core {
+            None => self.establish(id, claim.epoch, None, now),
+            Some(old_core) => {
+                if let Some(conn) = self.conns.get_mut(&id) {
+                    conn.phase = Phase::AwaitingSession { pending: Vec::new() };
+                }
+                let clean_start = c.clean_start;
+                self.send(old_core, CoreMsg::Takeover { client_id, new_core: self.id, new_epoch: claim.epoch, clean_start, conn: id });
+            }
+        }
+    }
+
+    /// Completes a CONNECT: attaches (or creates) the session, sends CONNACK, resumes
+    /// unacknowledged deliveries and handles packets pipelined behind CONNECT.
+    fn establish(&mut self, id: ConnId, epoch: u64, existing: Option<Box<Session>>, now: Instant) {
+        let owned = self.conns.get(&id).is_some_and(|c| self.registry.owns(&c.client_id, epoch));
+        if !owned && self.conns.contains_key(&id) {
+            // A newer CONNECT with the same client id won the race while the session was in
+            // transit: this connection is the one taken over.
+            self.close(id, CloseWith { reason: Some(reason::SESSION_TAKEN_OVER), will: false }, now);
+        }
+        let Some(conn) = self.conns.get_mut(&id).filter(|_| owned) else {
+            if let Some(s) = existing {
+                // The connection went away while its session was in transit.
+                let mut s = *s;
+                s.epoch = epoch;
+                self.adopt_orphan(s, now);
+            }
+            return;
+        };
+        let pending = match std::mem::replace(&mut conn.phase, Phase::Connected) {
+            Phase::AwaitingSession { pending } => pending,
+            _ => Vec::new(),
+        };
+        let session_present = existing.is_some() && !conn.clean_start;
+        let mut session = match existing {
+            Some(s) if !conn.clean_start => *s,
+            _ => Session::new(conn.client_id.clone(), epoch, conn.version),
+        };
+        let resubscribe = session.epoch != epoch || session_present;
+        session.epoch = epoch;
+        session.conn = Some(id);
+        session.version = conn.version;
+        session.expiry_interval = conn.session_expiry;
+        session.expires_at = None;
+        session.will = conn.will.take();
+        session.will_due = None;
+
+        let mut props = Properties::default();
+        if conn.version.is_v5() {
+            props.receive_maximum = Some(self.config.max_inflight);
+            props.maximum_packet_size = Some(self.config.max_packet_size);
+            props.topic_alias_maximum = (self.config.topic_alias_maximum > 0).then_some(self.config.topic_alias_maximum);
+            props.server_keep_alive = conn.server_keep_alive;
+            if conn.assigned_client_id {
+                props.assigned_client_identifier = Some(conn.client_id.clone());
+            }
+        }
+        let ack = ConnAck { session_present, code: reason::SUCCESS, properties: props };
+        let mut w = Writer { out: &mut self.writes, scratch: &mut self.scratch };
+        w.packet(conn, &Packet::ConnAck(ack));
+        session::resume(&mut session, conn, self.limits, now, &mut w, &mut self.stats);
+
+        if resubscribe {
+            // The shards still point at the old incarnation or core: re-point them.
+            let subs: Vec<(Bytes, StoredSubscription)> =
+                session.subscriptions.iter().map(|(f, s)| (f.clone(), s.clone())).collect();
+            let sref = SessionRef { client_id: session.client_id.clone(), core: self.id, epoch };
+            for (full, stored) in subs {
+                self.route_subscribe(None, &sref, &full, stored, false);
+            }
+        }
+        let client_id = session.client_id.clone();
+        self.sessions.insert(client_id, session);
+        for packet in pending {
+            if self.conns.contains_key(&id) {
+                self.on_connected_packet(id, packet, now);
+            }
+        }
+    }
+
+    /// A session arrived for a connection that is gone: keep it offline here if this
+    /// incarnation still owns the client id, otherwise end it quietly.
+    fn adopt_orphan(&mut self, mut s: Session, now: Instant) {
+        if self.registry.owns(&s.client_id, s.epoch) {
+            s.conn = None;
+            let sref = SessionRef { client_id: s.client_id.clone(), core: self.id, epoch: s.epoch };
+            let subs: Vec<(Bytes, StoredSubscription)> =
+                s.subscriptions.iter().map(|(f, st)| (f.clone(), st.clone())).collect();
+            for (full, stored) in subs {
+                self.route_subscribe(None, &sref, &full, stored, false);
+            }
+            self.park_session(s, now);
+        } else {
+            s.will = None;
+            self.end_session(s, now);
+        }
+    }
+
+    fn on_takeover(&mut self, client_id: Bytes, new_core: usize, new_epoch: u64, clean_start: bool, conn: ConnId, now: Instant) {
+        let Some(mut s) = self.sessions.remove(&client_id) else {
+            self.send(new_core, CoreMsg::Handoff { client_id, conn, epoch: new_epoch, session: None });
+            return;
+        };
+        let was_connected = s.conn.is_some();
+        if let Some(old) = s.conn.take() {
+            // [MQTT-3.1.4-3]: the existing connection gets DISCONNECT 0x8E and is closed.
+            if let Some(c) = self.conns.get_mut(&old) {
+                if c.version.is_v5() {
+                    let d = Disconnect { reason: reason::SESSION_TAKEN_OVER, properties: Properties::default() };
+                    Writer { out: &mut self.writes, scratch: &mut self.scratch }.packet(c, &Packet::Disconnect(d));
+                }
+            }
+            self.conns.remove(&old);
+            self.flush_writes();
+            self.actions.push(Action::Close(old));
+        }
+        // The old connection's will (spec 3.1.3.2.2): sent now if its delay is 0, or if the
+        // session ends because of Clean Start; a delayed will is cancelled when the session
+        // continues on the new connection [MQTT-3.1.3-9].
+        let delay = s.will.as_ref().map_or(0, will_delay);
+        if clean_start || (was_connected && delay == 0) {
+            if let Some(w) = s.will.take() {
+                self.publish_will(&s.client_id, w, now);
+            }
+        }
+        s.will = None;
+        s.will_due = None;
+        if clean_start {
+            self.end_session(s, now);
+            self.send(new_core, CoreMsg::Handoff { client_id, conn, epoch: new_epoch, session: None });
+            return;
+        }
+        let tomb_until = now + Duration::from_secs(10);
+        self.moved.insert(client_id.clone(), (s.epoch, new_core, new_epoch, tomb_until));
+        self.timers.push(Reverse((tomb_until, Timer::Tombstone(client_id.clone()))));
+        self.send(new_core, CoreMsg::Handoff { client_id, conn, epoch: new_epoch, session: Some(Box::new(s)) });
+    }
+
+    // ---- PUBLISH in ---------------------------------------------------------------------
+
+    fn on_publish(&mut self, id: ConnId, p: Publish, now: Instant) {
+        let alias_max = self.config.topic_alias_maximum;
+        let max_inflight = usize::from(self.config.max_inflight);
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        // Topic alias (client to server) [MQTT-3.3.2-7..12].
+        let topic = match p.properties.topic_alias {
+            Some(alias) if alias == 0 || alias > alias_max => {
+                return self.close(id, CloseWith { reason: Some(reason::TOPIC_ALIAS_INVALID), will: true }, now);
+            }
+            Some(alias) if p.topic.is_empty() => match conn.aliases_in.get(&alias) {
+                Some(t) => t.clone(),
+                None => return self.close(id, CloseWith { reason: Some(reason::PROTOCOL_ERROR), will: true }, now),
+            },
+            Some(alias) => {
+                conn.aliases_in.insert(alias, p.topic.clone());
+                p.topic.clone()
+            }
+            None => p.topic.clone(),
+        };
+        if topic::validate_topic_name(&topic).is_err() {
+            return self.close(id, CloseWith { reason: Some(reason::TOPIC_NAME_INVALID), will: true }, now);
+        }
+        let client_id = conn.client_id.clone();
+        let Some(session) = self.sessions.get_mut(&client_id) else { return };
+        let qos = p.qos;
+        let pkid = p.pkid;
+        if qos != QoS::AtMostOnce {
+            // Receive Maximum: unacknowledged QoS 1 plus unreleased QoS 2 [MQTT-3.3.4-9].
+            let in_use = conn.unacked_qos1 + session.incoming_qos2.len();
+            let duplicate_qos2 = qos == QoS::ExactlyOnce && session.incoming_qos2.contains(&pkid);
+            if in_use >= max_inflight && !duplicate_qos2 {
+                return self.close(id, CloseWith { reason: Some(reason::RECEIVE_MAXIMUM_EXCEEDED), will: true }, now);
+            }
+            if duplicate_qos2 {
+                // Already taken: answer again, deliver nothing twice [MQTT-4.3.3-9].
+                let ack = Packet::PubRec(Ack::new(pkid, reason::SUCCESS));
+                return self.write_packet(id, &ack);
+            }
+            if qos == QoS::ExactlyOnce {
+                session.incoming_qos2.insert(pkid);
+            } else {
+                conn.unacked_qos1 += 1;
+            }
+        }
+        self.stats.messages_in += 1;
+        let msg = Arc::new(Message::from_publish(p, topic, client_id, now));
+        let ack = (qos != QoS::AtMostOnce).then_some(PublishAck { core: self.id, conn: id, pkid, qos });
+        let shard = shard_of(&msg.topic, self.cores);
+        self.send(shard, CoreMsg::Publish { msg, ack });
+    }
+
+    fn on_publish_done(&mut self, id: ConnId, pkid: u16, qos: QoS, matched: bool) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let code = if matched || !conn.version.is_v5() { reason::SUCCESS } else { reason::NO_MATCHING_SUBSCRIBERS };
+        let packet = if qos == QoS::ExactlyOnce {
+            Packet::PubRec(Ack::new(pkid, code))
+        } else {
+            conn.unacked_qos1 = conn.unacked_qos1.saturating_sub(1);
+            Packet::PubAck(Ack::new(pkid, code))
+        };
+        self.write_packet(id, &packet);
+    }
+
+    fn on_pubrel(&mut self, id: ConnId, pkid: u16) {
+        let Some(conn) = self.conns.get(&id) else { return };
+        let known = self.sessions.get_mut(&conn.client_id).is_some_and(|s| s.incoming_qos2.remove(&pkid));
+        let code = if known { reason::SUCCESS } else { reason::PACKET_IDENTIFIER_NOT_FOUND };
+        self.write_packet(id, &Packet::PubComp(Ack::new(pkid, code)));
+    }
+
+    // ---- PUBLISH out acknowledgements -----------------------------------------------------
+
+    fn with_session(&mut self, id: ConnId, f: impl FnOnce(&mut Session, &mut Conn, &mut Writer<'_>, Limits, &mut Stats)) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(session) = self.sessions.get_mut(&conn.client_id) else { return };
+        let mut w = Writer { out: &mut self.writes, scratch: &mut self.scratch };
+        f(session, conn, &mut w, self.limits, &mut self.stats);
+    }
+
+    fn on_puback(&mut self, id: ConnId, pkid: u16, now: Instant) {
+        self.with_session(id, |s, c, w, limits, stats| {
+            if s.inflight.get(&pkid).is_some_and(|f| f.out.qos == QoS::AtLeastOnce) {
+                s.inflight.remove(&pkid);
+                session::pump(s, c, limits, now, w, stats);
+            }
+        });
+    }
+
+    fn on_pubrec(&mut self, id: ConnId, a: Ack, now: Instant) {
+        self.with_session(id, |s, c, w, limits, stats| {
+            match s.inflight.get_mut(&a.pkid) {
+                Some(f) if f.out.qos == QoS::ExactlyOnce => {
+                    if a.reason >= 0x80 {
+                        // The receiver refused it: the exchange ends here.
+                        s.inflight.remove(&a.pkid);
+                        session::pump(s, c, limits, now, w, stats);
+                    } else {
+                        f.released = true;
+                        w.packet(c, &Packet::PubRel(Ack::new(a.pkid, reason::SUCCESS)));
+                    }
+                }
+                _ => w.packet(c, &Packet::PubRel(Ack::new(a.pkid, reason::PACKET_IDENTIFIER_NOT_FOUND))),
+            }
+        });
+    }
+
+    fn on_pubcomp(&mut self, id: ConnId, pkid: u16, now: Instant) {
+        self.with_session(id, |s, c, w, limits, stats| {
+            if s.inflight.get(&pkid).is_some_and(|f| f.released) {
+                s.inflight.remove(&pkid);
+                session::pump(s, c, limits, now, w, stats);
+            }
+        });
+    }
+
+    // ---- SUBSCRIBE / UNSUBSCRIBE ----------------------------------------------------------
+
+    fn on_subscribe(&mut self, id: ConnId, s: Subscribe, now: Instant) {
+        let Some(conn) = self.conns.get(&id) else { return };
+        let v5 = conn.version.is_v5();
+        let client_id = conn.client_id.clone();
+        let Some(session) = self.sessions.get(&client_id) else { return };
+        let epoch = session.epoch;
+        let sub_id = s.properties.subscription_identifiers.first().copied();
+        let mut reasons = Vec::with_capacity(s.filters.len());
+        let mut filters = Vec::with_capacity(s.filters.len());
+        let mut accepted = Vec::new();
+        for (index, f) in s.filters.iter().enumerate() {
+            let shared = topic::parse_shared(&f.filter);
+            let valid = match shared {
+                Ok(Some(_)) => true,
+                Ok(None) => topic::validate_filter(&f.filter).is_ok(),
+                Err(_) => false,
+            };
+            if !valid {
+                reasons.push(if v5 { reason::TOPIC_FILTER_INVALID } else { reason::v311::SUBACK_FAILURE });
+                filters.push((QoS::AtMostOnce, None));
+                continue;
+            }
+            if matches!(shared, Ok(Some(_))) && f.options.no_local {
+                // [MQTT-3.8.3-4]
+                return self.close(id, CloseWith { reason: Some(reason::PROTOCOL_ERROR), will: true }, now);
+            }
+            reasons.push(f.options.qos as u8);
+            filters.push((f.options.qos, sub_id));
+            let is_new = !session.subscriptions.contains_key(&f.filter);
+            let want_retained = matches!(shared, Ok(None))
+                && match f.options.retain_handling {
+                    0 => true,
+                    1 => is_new,
+                    _ => false,
+                };
+            accepted.push((index, f.filter.clone(), StoredSubscription { options: f.options, subscription_id: sub_id }, want_retained));
+        }
+        let req_id = self.next_request;
+        self.next_request += 1;
+        let sref = SessionRef { client_id: client_id.clone(), core: self.id, epoch };
+        let mut outstanding = 0;
+        for (index, filter, stored, want_retained) in accepted {
+            if let Some(session) = self.sessions.get_mut(&client_id) {
+                session.subscriptions.insert(filter.clone(), stored.clone());
+            }
+            outstanding += self.route_subscribe(Some((RequestRef { core: self.id, id: req_id }, index)), &sref, &filter, stored, want_retained);
+        }
+        let pending = Pending::SubAck { conn: id, pkid: s.pkid, reasons, filters, outstanding, retained: Vec::new() };
+        self.pending.insert(req_id, pending);
+        if outstanding == 0 {
+            self.finish_request(req_id, now);
+        }
+    }
+
+    /// Sends a subscription to the shards that must know it; returns how many replies to
+    /// expect (when `req` is set).
+    fn route_subscribe(&mut self, req: Option<(RequestRef, usize)>, sref: &SessionRef, full: &Bytes, stored: StoredSubscription, want_retained: bool) -> usize {
+        let (group, filter) = match topic::parse_shared(full) {
+            Ok(Some((g, f))) => (Some(full.slice_ref(g)), full.slice_ref(f)),
+            _ => (None, full.clone()),
+        };
+        let shards = self.shards_for(&filter);
+        let n = shards.len();
+        for shard in shards {
+            let subscriber = Subscriber { session: sref.clone(), options: stored.options, subscription_id: stored.subscription_id };
+            self.send(shard, CoreMsg::Subscribe { req, subscriber, filter: filter.clone(), group: group.clone(), want_retained });
+        }
+        if req.is_some() { n } else { 0 }
+    }
+
+    fn route_unsubscribe(&mut self, req: Option<RequestRef>, client_id: &Bytes, epoch: u64, full: &Bytes) -> usize {
+        let (group, filter) = match topic::parse_shared(full) {
+            Ok(Some((g, f))) => (Some(full.slice_ref(g)), full.slice_ref(f)),
+            _ => (None, full.clone()),
+        };
+        let shards = self.shards_for(&filter);
+        let n = shards.len();
+        for shard in shards {
+            let msg = CoreMsg::Unsubscribe { req, client_id: client_id.clone(), epoch, filter: filter.clone(), group: group.clone() };
+            self.send(shard, msg);
+        }
+        if req.is_some() { n } else { 0 }
+    }
+
+    fn on_unsubscribe(&mut self, id: ConnId, u: Unsubscribe, now: Instant) {
+        let Some(conn) = self.conns.get(&id) else { return };
+        let client_id = conn.client_id.clone();
+        let Some(session) = self.sessions.get_mut(&client_id) else { return };
+        let epoch = session.epoch;
+        let mut reasons = Vec::with_capacity(u.filters.len());
+        let mut removed = Vec::new();
+        for f in &u.filters {
+            if session.subscriptions.remove(f).is_some() {
+                reasons.push(reason::SUCCESS);
+                removed.push(f.clone());
+            } else {
+                reasons.push(reason::NO_SUBSCRIPTION_EXISTED);
+            }
+        }
+        let req_id = self.next_request;
+        self.next_request += 1;
+        let mut outstanding = 0;
+        for f in removed {
+            outstanding += self.route_unsubscribe(Some(RequestRef { core: self.id, id: req_id }), &client_id, epoch, &f);
+        }
+        self.pending.insert(req_id, Pending::UnsubAck { conn: id, pkid: u.pkid, reasons, outstanding });
+        if outstanding == 0 {
+            self.finish_request(req_id, now);
+        }
+    }
+
+    fn finish_request(&mut self, req_id: u64, now: Instant) {
+        let Some(p) = self.pending.remove(&req_id) else { return };
+        match p {
+            Pending::SubAck { conn, pkid, reasons, filters, retained, .. } => {
+                self.write_packet(conn, &Packet::SubAck(SubAck { pkid, properties: Properties::default(), reasons }));
+                // Retained messages follow the SUBACK, with RETAIN set [MQTT-3.3.1-8].
+                let Some(client_id) = self.conns.get(&conn).map(|c| c.client_id.clone()) else { return };
+                for (index, msg) in retained {
+                    let Some(&(granted, sub_id)) = filters.get(index) else { continue };
+                    let out = Outgoing { qos: granted.min(msg.qos), retain: true, subscription_ids: sub_id.into_iter().collect(), msg };
+                    self.offer(&client_id, out, now);
+                }
+            }
+            Pending::UnsubAck { conn, pkid, reasons, .. } => {
+                self.write_packet(conn, &Packet::UnsubAck(UnsubAck { pkid, properties: Properties::default(), reasons }));
+            }
+        }
+    }
+
+    fn request_reply(&mut self, req_id: u64, filter_index: Option<usize>, mut retained: Vec<SharedMessage>, now: Instant) {
+        let done = match self.pending.get_mut(&req_id) {
+            Some(Pending::SubAck { outstanding, retained: r, .. }) => {
+                if let Some(i) = filter_index {
+                    r.extend(retained.drain(..).map(|m| (i, m)));
+                }
+                *outstanding -= 1;
+                *outstanding == 0
+            }
+            Some(Pending::UnsubAck { outstanding, .. }) => {
+                *outstanding -= 1;
+                *outstanding == 0
+            }
+            None => false,
+        };
+        if done {
+            self.finish_request(req_id, now);
+        }
+    }
+
+    // ---- DISCONNECT / close ------------------------------------------------------------------
+
+    fn on_disconnect(&mut self, id: ConnId, d: Disconnect, now: Instant) {
+        let Some(conn) = self.conns.get(&id) else { return };
+        if let Some(new_expiry) = d.properties.session_expiry_interval {
+            let Some(session) = self.sessions.get_mut(&conn.client_id) else { return };
+            if session.expiry_interval == 0 && new_expiry != 0 {
+                // [MQTT-3.14.2-2]
+                return self.close(id, CloseWith { reason: Some(reason::PROTOCOL_ERROR), will: true }, now);
+            }
+            session.expiry_interval = new_expiry;
+        }
+        // The will is discarded on a normal DISCONNECT [MQTT-3.1.2-10], kept for 0x04.
+        let will = d.reason == reason::DISCONNECT_WITH_WILL_MESSAGE;
+        self.close(id, CloseWith { reason: None, will }, now);
+    }
+
+    fn check_keep_alive(&mut self, id: ConnId, now: Instant) {
+        let Some(deadline) = self.conns.get(&id).and_then(|c| c.keep_alive_deadline()) else { return };
+        if deadline <= now {
+            tracing::debug!(conn = id, "keep-alive timeout");
+            self.close(id, CloseWith { reason: Some(reason::KEEP_ALIVE_TIMEOUT), will: true }, now);
+        } else {
+            self.timers.push(Reverse((deadline, Timer::KeepAlive(id))));
+        }
+    }
+
+    /// Closes a connection from the broker side and detaches its session.
+    fn close(&mut self, id: ConnId, how: CloseWith, now: Instant) {
+        let Some(mut conn) = self.conns.remove(&id) else { return };
+        if let (Some(code), true) = (how.reason, conn.version.is_v5() && matches!(conn.phase, Phase::Connected)) {
+            let d = Disconnect { reason: code, properties: Properties::default() };
+            Writer { out: &mut self.writes, scratch: &mut self.scratch }.packet(&mut conn, &Packet::Disconnect(d));
+        }
+        self.flush_writes();
+        self.actions.push(Action::Close(id));
+        if !matches!(conn.phase, Phase::Connected) {
+            return;
+        }
+        let Some(mut session) = self.sessions.remove(&conn.client_id) else { return };
+        if session.conn != Some(id) {
+            self.sessions.insert(conn.client_id.clone(), session);
+            return;
+        }
+        session.conn = None;
+        if !how.will {
+            session.will = None;
+        }
+        if let Some(w) = &session.will {
+            let delay = will_delay(w);
+            if delay == 0 {
+                if let Some(w) = session.will.take() {
+                    self.publish_will(&session.client_id, w, now);
+                }
+            } else {
+                session.will_due = Some(now + Duration::from_secs(u64::from(delay)));
+            }
+        }
+        if session.expiry_interval == 0 {
+            self.end_session(session, now);
+        } else {
+            if session.expiry_interval != u32::MAX {
+                session.expires_at = Some(now + Duration::from_secs(u64::from(session.expiry_interval)));
+            }
+            self.park_session(session, now);
+        }
+    }
+
+    fn park_session(&mut self, session: Session, _now: Instant) {
+        if let Some(due) = session.next_due() {
+            self.timers.push(Reverse((due, Timer::Session(session.client_id.clone()))));
+        }
+        self.sessions.insert(session.client_id.clone(), session);
+    }
+
+    fn check_session(&mut self, client_id: &Bytes, now: Instant) {
+        let Some(session) = self.sessions.get_mut(client_id) else { return };
+        if session.conn.is_some() {
+            return;
+        }
+        if session.expires_at.is_some_and(|t| t <= now) {
+            if let Some(s) = self.sessions.remove(client_id) {
+                self.end_session(s, now);
+            }
+            return;
+        }
+        if session.will_due.is_some_and(|t| t <= now) {
+            session.will_due = None;
+            if let Some(w) = session.will.take() {
+                let cid = session.client_id.clone();
+                self.publish_will(&cid, w, now);
+            }
+        }
+        if let Some(due) = self.sessions.get(client_id).and_then(Session::next_due) {
+            self.timers.push(Reverse((due, Timer::Session(client_id.clone()))));
+        }
+    }
+
+    /// Ends a session: its pending will is published (will delay or session end, whichever
+    /// comes first), its subscriptions leave the shards and its client id is released.
+    fn end_session(&mut self, mut s: Session, now: Instant) {
+        if let Some(w) = s.will.take() {
+            self.publish_will(&s.client_id, w, now);
+        }
+        let filters: Vec<Bytes> = s.subscriptions.drain().map(|(f, _)| f).collect();
+        for f in filters {
+            self.route_unsubscribe(None, &s.client_id, s.epoch, &f);
+        }
+        self.registry.release(&s.client_id, s.epoch);
+    }
+
+    fn publish_will(&mut self, client_id: &Bytes, w: Will, now: Instant) {
+        let mut p = Publish::new(w.topic.clone(), w.qos, w.payload);
+        p.retain = w.retain;
+        p.properties = w.properties;
+        p.properties.will_delay_interval = None;
+        let msg = Arc::new(Message::from_publish(p, w.topic, client_id.clone(), now));
+        let shard = shard_of(&msg.topic, self.cores);
+        self.send(shard, CoreMsg::Publish { msg, ack: None });
+    }
+
+    // ---- shard side ----------------------------------------------------------------------
+
+    fn handle_message(&mut self, msg: CoreMsg, now: Instant) {
+        match msg {
+            CoreMsg::Publish { msg, ack } => self.shard_publish(msg, ack, now),
+            CoreMsg::PublishDone { conn, pkid, qos, matched } => self.on_publish_done(conn, pkid, qos, matched),
+            CoreMsg::Deliver { msg, targets } => {
+                for t in targets {
+                    self.deliver(t, &msg, now);
+                }
+            }
+            CoreMsg::Subscribe { req, subscriber, filter, group, want_retained } => {
+                self.subscriptions.subscribe(&filter, group.as_ref(), subscriber);
+                if let Some((r, index)) = req {
+                    let mut retained = Vec::new();
+                    if want_retained {
+                        self.retained.matching(&filter, &mut retained);
+                        retained.retain(|m| !m.is_expired(now));
+                    }
+                    self.send(r.core, CoreMsg::SubscribeDone { req_id: r.id, filter_index: index, retained });
+                }
+            }
+            CoreMsg::SubscribeDone { req_id, filter_index, retained } => self.request_reply(req_id, Some(filter_index), retained, now),
+            CoreMsg::Unsubscribe { req, client_id, epoch, filter, group } => {
+                self.subscriptions.unsubscribe(&filter, group.as_ref(), &client_id, epoch);
+                if let Some(r) = req {
+                    self.send(r.core, CoreMsg::UnsubscribeDone { req_id: r.id });
+                }
+            }
+            CoreMsg::UnsubscribeDone { req_id } => self.request_reply(req_id, None, Vec::new(), now),
+            CoreMsg::Takeover { client_id, new_core, new_epoch, clean_start, conn } => {
+                self.on_takeover(client_id, new_core, new_epoch, clean_start, conn, now)
+            }
+            CoreMsg::Handoff { client_id: _, conn, epoch, session } => self.establish(conn, epoch, session, now),
+        }
+    }
+
+    fn shard_publish(&mut self, msg: SharedMessage, ack: Option<PublishAck>, now: Instant) {
+        if msg.retain {
+            // [MQTT-3.3.1-5]: store (or delete, for an empty payload) the retained message.
+            self.retained.set(&msg);
+        }
+        let mut targets = std::mem::take(&mut self.route_scratch);
+        self.subscriptions.route(&msg, &mut targets);
+        let matched = !targets.is_empty();
+        if targets.iter().all(|t| t.session.core == self.id) {
+            for t in targets.drain(..) {
+                self.deliver(t, &msg, now);
+            }
+        } else {
+            targets.sort_by_key(|t| t.session.core);
+            while let Some(last) = targets.last() {
+                let core = last.session.core;
+                let split = targets.partition_point(|t| t.session.core < core);
+                let batch = targets.split_off(split);
+                if core == self.id {
+                    for t in batch {
+                        self.deliver(t, &msg, now);
+                    }
+                } else {
+                    self.send(core, CoreMsg::Deliver { msg: msg.clone(), targets: batch });
+                }
+            }
+        }
+        self.route_scratch = targets;
+        if let Some(a) = ack {
+            self.send(a.core, CoreMsg::PublishDone { conn: a.conn, pkid: a.pkid, qos: a.qos, matched });
+        }
+    }
+
+    fn deliver(&mut self, t: Target, msg: &SharedMessage, now: Instant) {
+        let epoch_ok = self.sessions.get(&t.session.client_id).map(|s| s.epoch == t.session.epoch);
+        match epoch_ok {
+            Some(true) => {
+                let out = Outgoing { msg: msg.clone(), qos: t.qos, retain: t.retain, subscription_ids: t.subscription_ids };
+                self.offer(&t.session.client_id, out, now);
+            }
+            Some(false) => {}
+            None => {
+                // The session moved to another core after the shard routed this: forward it.
+                if let Some(&(old_epoch, core, new_epoch, _)) = self.moved.get(&t.session.client_id) {
+                    if old_epoch == t.session.epoch && core != self.id {
+                        let mut t = t;
+                        t.session.core = core;
+                        t.session.epoch = new_epoch;
+                        self.send(core, CoreMsg::Deliver { msg: msg.clone(), targets: vec![t] });
+                    }
+                }
+            }
+        }
+    }
+
+    fn offer(&mut self, client_id: &Bytes, out: Outgoing, now: Instant) {
+        let Some(session) = self.sessions.get_mut(client_id) else { return };
+        let conn = session.conn.and_then(|id| self.conns.get_mut(&id));
+        let mut w = Writer { out: &mut self.writes, scratch: &mut self.scratch };
+        session::offer(session, conn, out, self.limits, now, &mut w, &mut self.stats);
+    }
+}
+
+fn will_delay(w: &Will) -> u32 {
+    w.properties.will_delay_interval.unwrap_or(0)
+}
+
+

@@ -1,0 +1,66 @@
+//! Which core a client id's session lives on, shared by all cores.
+//!
+//! Touched only when a session is created, taken over or ends (never per message), which
+//! is why a mutex is acceptable here while the publish path takes no shared lock. It is
+//! what makes a client id live in exactly one place: a CONNECT claims the id, and if
+//! another core held it, that core is asked to hand the session over.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    owners: Mutex<HashMap<Bytes, (usize, u64)>>,
+    next_epoch: AtomicU64,
+}
+
+/// The result of claiming a client id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// The new incarnation number for the session on the claiming core.
+    pub epoch: u64,
+    /// The core that held the id before, if any.
+    pub previous_core: Option<usize>,
+}
+
+impl Registry {
+    pub fn new() -> Registry {
+        Registry { owners: Mutex::new(HashMap::new()), next_epoch: AtomicU64::new(1) }
+    }
+
+    fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<Bytes, (usize, u64)>> {
+        // A panic while holding this lock cannot leave the map half-updated (each
+        // operation is a single insert or remove), so a poisoned lock is still usable.
+        self.owners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn claim(&self, client_id: &Bytes, core: usize) -> Claim {
+        let epoch = self.next_epoch.fetch_add(1, Ordering::Relaxed);
+        let previous = self.owners().insert(client_id.clone(), (core, epoch));
+        Claim { epoch, previous_core: previous.map(|(c, _)| c) }
+    }
+
+    /// Forgets the id if it still belongs to this incarnation.
+    pub fn release(&self, client_id: &Bytes, epoch: u64) {
+        let mut owners = self.owners();
+        if owners.get(client_id).is_some_and(|&(_, e)| e == epoch) {
+            owners.remove(client_id);
+        }
+    }
+
+    /// Whether this incarnation still owns the id.
+    pub fn owns(&self, client_id: &Bytes, epoch: u64) -> bool {
+        self.owners().get(client_id).is_some_and(|&(_, e)| e == epoch)
+    }
+
+    pub fn len(&self) -> usize {
+        self.owners().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,336 @@
+//! The driver: runs one [`Core`] per thread on the runtime and does what its actions say.
+//!
+//! Per core there are four kinds of task, all on the core's own thread:
+//! - the acceptor, on the core's own listener (`SO_REUSEPORT`);
+//! - per connection a reader (bytes into `Core::on_bytes`) and a writer (drains the
+//!   connection's queue of encoded packets with vectored writes);
+//! - the inbox drainer, which empties the rings from every other core in batches when this
+//!   core's [`Wakeup`] rings;
+//! - the ticker, which drives timers (keep-alive, will delay, session expiry).
+//!
+//! Cross-core traffic goes through one bounded lock-free queue per ordered pair of cores
+//! (`crossbeam_queue::ArrayQueue`, used single-producer/single-consumer). When a ring is
+//! full the message waits in the sender's local overflow queue, and readers on the sending
+//! core stop reading their sockets until the overflow drains: back-pressure reaches the
+//! publishers instead of growing memory.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use crossbeam_queue::ArrayQueue;
+use promptmq_runtime_tokio as rt;
+
+use crate::config::Config;
+use crate::core::{Action, Core, CoreMsg};
+use crate::registry::Registry;
+use crate::session::ConnId;
+
+/// Capacity of each cross-core ring.
+const RING_CAPACITY: usize = 8192;
+/// Messages drained from one ring before looking at the next, so one busy peer cannot
+/// starve the others.
+const DRAIN_BATCH: usize = 256;
+/// Overflowed messages on a core above which its readers pause.
+const OVERFLOW_PAUSE: usize = 16 * 1024;
+const TICK: Duration = Duration::from_millis(50);
+
+/// What all cores share. Only the rings and wakeups are touched per message.
+struct Shared {
+    config: Arc<Config>,
+    registry: Arc<Registry>,
+    cores: usize,
+    rings: Vec<ArrayQueue<CoreMsg>>,
+    wakeups: Vec<rt::Wakeup>,
+    nonce: u64,
+}
+
+impl Shared {
+    fn ring(&self, from: usize, to: usize) -> &ArrayQueue<CoreMsg> {
+        &self.rings[from * self.cores + to]
+    }
+}
+
+/// A running broker's listening address and the handle to wait for it.
+pub struct Running {
+    pub local_addr: SocketAddr,
+    pub cores: usize,
+    thread: std::thread::JoinHandle<io::Result<()>>,
+}
+
+impl Running {
+    /// Blocks until the broker stops.
+    pub fn wait(self) -> io::Result<()> {
+        self.thread.join().map_err(|_| io::Error::other("broker thread panicked"))?
+    }
+}
+
+/// Binds the listeners and starts the cores. Returns once every core's listener is bound,
+/// so bind errors are reported to the caller.
+pub fn start(config: Config) -> io::Result<Running> {
+    let cores = config.effective_cores();
+    // Bind every core's socket here: port 0 is resolved once and shared, and a bind error
+    // stops startup before any thread runs.
+    let mut listeners = Vec::with_capacity(cores);
+    let first = rt::Listener::bind_std(config.bind)?;
+    let local_addr = first.local_addr()?;
+    listeners.push(Some(first));
+    for _ in 1..cores {
+        listeners.push(if rt::reuseport_supported() { Some(rt::Listener::bind_std(local_addr)?) } else { None });
+    }
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let shared = Arc::new(Shared {
+        config: Arc::new(config),
+        registry: Arc::new(Registry::new()),
+        cores,
+        rings: (0..cores * cores).map(|_| ArrayQueue::new(RING_CAPACITY)).collect(),
+        wakeups: (0..cores).map(|_| rt::Wakeup::new()).collect(),
+        nonce,
+    });
+    let listeners: Vec<std::sync::Mutex<Option<std::net::TcpListener>>> =
+        listeners.into_iter().map(std::sync::Mutex::new).collect();
+    let listeners = Arc::new(listeners);
+    let thread = std::thread::Builder::new().name("promptmq-main".into()).spawn(move || {
+        rt::run_per_core(cores, true, move |index| {
+            let listener = listeners[index].lock().ok().and_then(|mut l| l.take());
+            run_core(index, Arc::clone(&shared), listener)
+        })
+    })?;
+    Ok(Running { local_addr, cores, thread })
+}
+
+struct ConnIo {
+    queue: RefCell<Vec<Bytes>>,
+    signal: rt::LocalSignal,
+    closing: Cell<bool>,
+}
+
+struct Driver {
+    id: usize,
+    shared: Arc<Shared>,
+    core: RefCell<Core>,
+    conns: RefCell<HashMap<ConnId, Rc<ConnIo>>>,
+    overflow: RefCell<Vec<VecDeque<CoreMsg>>>,
+    overflow_len: Cell<usize>,
+    actions: RefCell<Vec<Action>>,
+    wake: RefCell<Vec<bool>>,
+}
+
+async fn run_core(index: usize, shared: Arc<Shared>, listener: Option<std::net::TcpListener>) {
+    let core = Core::new(index, shared.cores, Arc::clone(&shared.config), Arc::clone(&shared.registry), shared.nonce);
+    let driver = Rc::new(Driver {
+        id: index,
+        core: RefCell::new(core),
+        conns: RefCell::new(HashMap::new()),
+        overflow: RefCell::new((0..shared.cores).map(|_| VecDeque::new()).collect()),
+        overflow_len: Cell::new(0),
+        actions: RefCell::new(Vec::new()),
+        wake: RefCell::new(vec![false; shared.cores]),
+        shared,
+    });
+    rt::spawn_local(drain_inbox(Rc::clone(&driver)));
+    rt::spawn_local(tick(Rc::clone(&driver)));
+    match listener.map(rt::Listener::from_std) {
+        Some(Ok(listener)) => accept_loop(driver, listener).await,
+        Some(Err(e)) => tracing::error!(core = index, error = %e, "listener setup failed"),
+        // No listener of its own (no SO_REUSEPORT): this core serves as a shard only.
+        None => std::future::pending::<()>().await,
+    }
+}
+
+async fn accept_loop(driver: Rc<Driver>, listener: rt::Listener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                let id = driver.core.borrow_mut().on_accept(Instant::now());
+                let io = Rc::new(ConnIo { queue: RefCell::new(Vec::new()), signal: rt::LocalSignal::default(), closing: Cell::new(false) });
+                driver.conns.borrow_mut().insert(id, Rc::clone(&io));
+                let (r, w) = stream.into_split();
+                rt::spawn_local(read_loop(Rc::clone(&driver), id, r, Rc::clone(&io)));
+                rt::spawn_local(write_loop(Rc::clone(&driver), id, w, io));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(core = driver.id, error = %e, "accept failed");
+                rt::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn read_loop(driver: Rc<Driver>, id: ConnId, mut r: rt::ReadHalf, io: Rc<ConnIo>) {
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    loop {
+        let (res, b) = r.read(buf).await;
+        buf = b;
+        match res {
+            Ok(0) | Err(_) => {
+                driver.core.borrow_mut().on_closed(id, Instant::now());
+                driver.dispatch();
+                break;
+            }
+            Ok(_) => {
+                driver.core.borrow_mut().on_bytes(id, &mut buf, Instant::now());
+                driver.dispatch();
+            }
+        }
+        if io.closing.get() {
+            break;
+        }
+        while driver.overflow_len.get() > OVERFLOW_PAUSE {
+            rt::sleep(Duration::from_millis(1)).await;
+            driver.retry_overflow();
+        }
+    }
+}
+
+async fn write_loop(driver: Rc<Driver>, id: ConnId, mut w: rt::WriteHalf, io: Rc<ConnIo>) {
+    let mut spare = Vec::new();
+    loop {
+        let chunks = std::mem::replace(&mut *io.queue.borrow_mut(), spare);
+        if chunks.is_empty() {
+            spare = chunks;
+            if io.closing.get() {
+                break;
+            }
+            io.signal.wait().await;
+            continue;
+        }
+        let n: usize = chunks.iter().map(Bytes::len).sum();
+        let (res, emptied) = w.write_all(chunks).await;
+        spare = emptied;
+        driver.core.borrow_mut().on_written(id, n);
+        if res.is_err() {
+            driver.core.borrow_mut().on_closed(id, Instant::now());
+            driver.dispatch();
+            break;
+        }
+    }
+    let _ = w.close();
+    driver.conns.borrow_mut().remove(&id);
+}
+
+async fn drain_inbox(driver: Rc<Driver>) {
+    let shared = Arc::clone(&driver.shared);
+    let me = driver.id;
+    loop {
+        shared.wakeups[me].wait().await;
+        loop {
+            let mut got = 0;
+            for from in (0..shared.cores).filter(|&c| c != me) {
+                let ring = shared.ring(from, me);
+                let mut n = 0;
+                while n < DRAIN_BATCH {
+                    let Some(msg) = ring.pop() else { break };
+                    driver.core.borrow_mut().on_message(msg, Instant::now());
+                    n += 1;
+                }
+                if n == DRAIN_BATCH {
+                    // The sender may be holding messages in overflow: let it retry.
+                    shared.wakeups[from].ring();
+                }
+                got += n;
+            }
+            driver.dispatch();
+            driver.retry_overflow();
+            if got == 0 {
+                break;
+            }
+            rt::yield_now().await;
+        }
+    }
+}
+
+async fn tick(driver: Rc<Driver>) {
+    loop {
+        rt::sleep(TICK).await;
+        driver.core.borrow_mut().on_tick(Instant::now());
+        driver.dispatch();
+        driver.retry_overflow();
+    }
+}
+
+impl Driver {
+    /// Carries out the actions the core produced.
+    fn dispatch(&self) {
+        let mut actions = std::mem::take(&mut *self.actions.borrow_mut());
+        self.core.borrow_mut().take_actions(&mut actions);
+        if actions.is_empty() {
+            *self.actions.borrow_mut() = actions;
+            return;
+        }
+        {
+            let conns = self.conns.borrow();
+            for action in actions.drain(..) {
+                match action {
+                    Action::Write(id, bytes) => {
+                        if let Some(io) = conns.get(&id) {
+                            io.queue.borrow_mut().push(bytes);
+                            io.signal.signal();
+                        }
+                    }
+                    Action::Close(id) => {
+                        if let Some(io) = conns.get(&id) {
+                            io.closing.set(true);
+                            io.signal.signal();
+                        }
+                    }
+                    Action::Send(core, msg) => self.push(core, msg),
+                }
+            }
+        }
+        *self.actions.borrow_mut() = actions;
+        self.ring_wakeups();
+    }
+
+    fn push(&self, to: usize, msg: CoreMsg) {
+        self.wake.borrow_mut()[to] = true;
+        let mut overflow = self.overflow.borrow_mut();
+        // Keep per-pair FIFO order: once something waits in overflow, everything after it
+        // waits too.
+        if !overflow[to].is_empty() {
+            overflow[to].push_back(msg);
+            self.overflow_len.set(self.overflow_len.get() + 1);
+            return;
+        }
+        if let Err(msg) = self.shared.ring(self.id, to).push(msg) {
+            overflow[to].push_back(msg);
+            self.overflow_len.set(self.overflow_len.get() + 1);
+            self.core.borrow_mut().stats.ring_overflows += 1;
+        }
+    }
+
+    fn retry_overflow(&self) {
+        if self.overflow_len.get() == 0 {
+            return;
+        }
+        let mut overflow = self.overflow.borrow_mut();
+        for (to, queue) in overflow.iter_mut().enumerate() {
+            let ring = self.shared.ring(self.id, to);
+            while let Some(msg) = queue.pop_front() {
+                if let Err(msg) = ring.push(msg) {
+                    queue.push_front(msg);
+                    break;
+                }
+                self.overflow_len.set(self.overflow_len.get() - 1);
+                self.wake.borrow_mut()[to] = true;
+            }
+        }
+        drop(overflow);
+        self.ring_wakeups();
+    }
+
+    fn ring_wakeups(&self) {
+        let mut wake = self.wake.borrow_mut();
+        for (core, flag) in wake.iter_mut().enumerate() {
+            if std::mem::take(flag) {
+                self.shared.wakeups[core].ring();
+            }
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! Per-client state: the [`Session`] (what outlives a connection: subscriptions, QoS
+//! state, queue, will, expiry) and the [`Conn`] (what belongs to one network connection:
+//! negotiated limits, keep-alive, topic aliases, write-queue size).
+//!
+//! The functions here turn a message owed to a session into PUBLISH bytes while keeping
+//! the MQTT invariants: at most Receive Maximum unacknowledged QoS 1/2 publishes
+//! [MQTT-4.9.0-2], never a packet over the client's Maximum Packet Size [MQTT-3.1.2-24],
+//! expired messages dropped [MQTT-3.3.2-5], unacknowledged ones resent with DUP on
+//! resume [MQTT-4.4.0-1].
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::codec::{self, Ack, Packet, ProtocolVersion, Publish, QoS, SubscriptionOptions, Will};
+use crate::message::SharedMessage;
+use crate::stats::Stats;
+
+/// Identifies a network connection on its core.
+pub type ConnId = u64;
+
+/// A message owed to a session, with the per-subscriber delivery parameters.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub msg: SharedMessage,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+}
+
+#[derive(Debug)]
+pub struct Inflight {
+    /// Send order, for in-order resend on resume.
+    pub seq: u64,
+    pub out: Outgoing,
+    /// QoS 2 after PUBREC: waiting for PUBCOMP, resend PUBREL not PUBLISH.
+    pub released: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredSubscription {
+    pub options: SubscriptionOptions,
+    pub subscription_id: Option<u32>,
+}
+
+/// What outlives a connection. Moves between cores on takeover, so it is `Send`.
+#[derive(Debug)]
+pub struct Session {
+    pub client_id: Bytes,
+    /// Incarnation number from the registry; shards tag subscriptions with it.
+    pub epoch: u64,
+    pub conn: Option<ConnId>,
+    pub version: ProtocolVersion,
+    /// Seconds after disconnect; `u32::MAX` never expires.
+    pub expiry_interval: u32,
+    pub expires_at: Option<Instant>,
+    /// Keyed by the full filter as subscribed (including any `$share/group/` prefix).
+    pub subscriptions: HashMap<Bytes, StoredSubscription>,
+    pub inflight: HashMap<u16, Inflight>,
+    pub next_seq: u64,
+    pub next_pkid: u16,
+    pub queue: VecDeque<Outgoing>,
+    /// Inbound QoS 2 packet ids between PUBREC and PUBREL: a resent PUBLISH with one of
+    /// these ids is not delivered again (exactly once, [MQTT-4.3.3-9]).
+    pub incoming_qos2: HashSet<u16>,
+    /// The will of the current or last connection, until published or discarded.
+    pub will: Option<Will>,
+    /// When a delayed will becomes due (connection lost, will delay running).
+    pub will_due: Option<Instant>,
+}
+
+impl Session {
+    pub fn new(client_id: Bytes, epoch: u64, version: ProtocolVersion) -> Session {
+        Session {
+            client_id,
+            epoch,
+            conn: None,
+            version,
+            expiry_interval: 0,
+            expires_at: None,
+            subscriptions: HashMap::new(),
+            inflight: HashMap::new(),
+            next_seq: 0,
+            next_pkid: 1,
+            queue: VecDeque::new(),
+            incoming_qos2: HashSet::new(),
+            will: None,
+            will_due: None,
+        }
+    }
+
+    /// The earliest instant at which a timer of this session (will delay, expiry) is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        match (self.will_due, self.expires_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Queues a message for later, dropping the oldest when the queue is full.
+    pub fn enqueue(&mut self, out: Outgoing, max: usize, stats: &mut Stats) {
+        if max == 0 {
+            stats.dropped_queue_full += 1;
+            return;
+        }
+        if self.queue.len() >= max {
+            self.queue.pop_front();
+            stats.dropped_queue_full += 1;
+        }
+        self.queue.push_back(out);
+    }
+
+    fn allocate_pkid(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            let id = self.next_pkid;
+            self.next_pkid = if id == u16::MAX { 1 } else { id + 1 };
+            if !self.inflight.contains_key(&id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+}
+
+/// Where a connection is in its life.
+#[derive(Debug)]
+pub enum Phase {
+    /// Only CONNECT is acceptable [MQTT-3.1.0-1].
+    AwaitingConnect,
+    /// CONNECT accepted; waiting for the session to arrive from another owner (takeover).
+    /// Packets the client pipelined behind CONNECT wait in `pending`.
+    AwaitingSession { pending: Vec<Packet> },
+    Connected,
+}
+
+/// What belongs to one network connection.
+#[derive(Debug)]
+pub struct Conn {
+    pub id: ConnId,
+    pub phase: Phase,
+    pub version: ProtocolVersion,
+    pub client_id: Bytes,
+    pub keep_alive: Duration,
+    pub last_seen: Instant,
+    /// The client's Receive Maximum: our outbound window [MQTT-3.3.4-7].
+    pub client_receive_max: u16,
+    /// The client's Maximum Packet Size.
+    pub client_max_packet: usize,
+    /// The client's Topic Alias Maximum (server-to-client aliases we may use).
+    pub client_alias_max: u16,
+    pub aliases_in: HashMap<u16, Bytes>,
+    pub aliases_out: HashMap<Bytes, u16>,
+    /// Inbound QoS 1 publishes handed to the shard and not yet acknowledged.
+    pub unacked_qos1: usize,
+    /// Bytes handed to the writer and not yet written.
+    pub pending_write: usize,
+    /// Clean Start / Clean Session of the CONNECT, kept while the session is fetched.
+    pub clean_start: bool,
+    pub session_expiry: u32,
+    pub will: Option<Will>,
+    pub server_keep_alive: Option<u16>,
+    pub assigned_client_id: bool,
+}
+
+impl Conn {
+    pub fn new(id: ConnId, now: Instant) -> Conn {
+        Conn {
+            id,
+            phase: Phase::AwaitingConnect,
+            version: ProtocolVersion::V311,
+            client_id: Bytes::new(),
+            keep_alive: Duration::ZERO,
+            last_seen: now,
+            client_receive_max: u16::MAX,
+            client_max_packet: codec::MAX_REMAINING_LENGTH + 5,
+            client_alias_max: 0,
+            aliases_in: HashMap::new(),
+            aliases_out: HashMap::new(),
+            unacked_qos1: 0,
+            pending_write: 0,
+            clean_start: true,
+            session_expiry: 0,
+            will: None,
+            server_keep_alive: None,
+            assigned_client_id: false,
+        }
+    }
+
+    /// When the keep-alive runs out: 1.5 times the interval after the last packet
+    /// [MQTT-3.1.2-24].
+    pub fn keep_alive_deadline(&self) -> Option<Instant> {
+        (!self.keep_alive.is_zero()).then(|| self.last_seen + self.keep_alive * 3 / 2)
+    }
+}
+
+/// Bytes to write to one connection, collected by the caller into actions.
+pub struct Writer<'a> {
+    pub out: &'a mut Vec<(ConnId, Bytes)>,
+    pub scratch: &'a mut BytesMut,
+}
+
+impl Writer<'_> {
+    pub fn packet(&mut self, conn: &mut Conn, packet: &Packet) {
+        // Our own packets are always within limits except PUBLISH (checked by the caller),
+        // so an encode error here is a bug worth seeing in the logs, not a crash.
+        match codec::encode_packet(packet, conn.version, self.scratch, usize::MAX) {
+            Ok(()) => self.flush(conn),
+            Err(e) => {
+                self.scratch.clear();
+                tracing::error!(conn = conn.id, error = %e, "could not encode packet");
+            }
+        }
+    }
+
+    fn flush(&mut self, conn: &mut Conn) {
+        let bytes = self.scratch.split().freeze();
+        conn.pending_write += bytes.len();
+        self.out.push((conn.id, bytes));
+    }
+}
+
+/// Limits the session logic needs from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_inflight: u16,
+    pub max_queued: usize,
+    pub max_write_buffer: usize,
+}
+
+/// Offers a message to a session: sends it now if connected and the window allows,
+/// queues it otherwise (QoS 1/2), or drops it (QoS 0 while offline or when the
+/// connection's write queue is full).
+pub fn offer(
+    session: &mut Session,
+    conn: Option<&mut Conn>,
+    out: Outgoing,
+    limits: Limits,
+    now: Instant,
+    w: &mut Writer<'_>,
+    stats: &mut Stats,
+) {
+    if out.msg.is_expired(now) {
+        stats.dropped_expired += 1;
+        return;
+    }
+    let Some(conn) = conn.filter(|c| matches!(c.phase, Phase::Connected)) else {
+        if out.qos == QoS::AtMostOnce {
+            stats.dropped_offline_qos0 += 1;
+        } else {
+            session.enqueue(out, limits.max_queued, stats);
+        }
+        return;
+    };
+    if out.qos == QoS::AtMostOnce {
+        if conn.pending_write > limits.max_write_buffer {
+            stats.dropped_slow_qos0 += 1;
+            return;
+        }
+        send_publish(conn, &out, 0, false, now, w, stats);
+        return;
+    }
+    if !session.queue.is_empty() || session.inflight.len() >= window(conn, limits) {
+        session.enqueue(out, limits.max_queued, stats);
+        return;
+    }
+    start_inflight(session, conn, out, now, w, stats);
+}
+
+fn window(conn: &Conn, limits: Limits) -> usize {
+    usize::from(conn.client_receive_max.min(limits.max_inflight))
+}
+
+fn start_inflight(session: &mut Session, conn: &mut Conn, out: Outgoing, now: Instant, w: &mut Writer<'_>, stats: &mut Stats) {
+    let Some(pkid) = session.allocate_pkid() else {
+        session.queue.push_front(out);
+        return;
+    };
+    if !send_publish(conn, &out, pkid, false, now, w, stats) {
+        return;
+    }
+    let seq = session.next_seq;
+    session.next_seq += 1;
+    session.inflight.insert(pkid, Inflight { seq, out, released: false });
+}
+
+/// Sends queued messages while the window has room.
+pub fn pump(session: &mut Session, conn: &mut Conn, limits: Limits, now: Instant, w: &mut Writer<'_>, stats: &mut Stats) {
+    while session.inflight.len() < window(conn, limits) {
+        let Some(out) = session.queue.pop_front() else { break };
+        if out.msg.is_expired(now) {
+            stats.dropped_expired += 1;
+            continue;
+        }
+        if out.qos == QoS::AtMostOnce {
+            send_publish(conn, &out, 0, false, now, w, stats);
+        } else {
+            start_inflight(session, conn, out, now, w, stats);
+        }
+    }
+}
+
+/// Resends every unacknowledged outbound message in its original order: PUBLISH with DUP
+/// for those not yet PUBREC'd, PUBREL for those that were [MQTT-4.4.0-1].
+pub fn resume(session: &mut Session, conn: &mut Conn, limits: Limits, now: Instant, w: &mut Writer<'_>, stats: &mut Stats) {
+    let mut order: Vec<(u64, u16)> = session.inflight.iter().map(|(id, f)| (f.seq, *id)).collect();
+    order.sort_unstable();
+    for (_, pkid) in order {
+        let Some(f) = session.inflight.get(&pkid) else { continue };
+        if f.released {
+            w.packet(conn, &Packet::PubRel(Ack::new(pkid, 0)));
+        } else if f.out.msg.is_expired(now) && conn.version.is_v5() {
+            // An expired message is not resent; the id is freed.
+            session.inflight.remove(&pkid);
+            stats.dropped_expired += 1;
+        } else {
+            let out = f.out.clone();
+            send_publish(conn, &out, pkid, true, now, w, stats);
+        }
+    }
+    pump(session, conn, limits, now, w, stats);
+}
+
+/// Encodes and writes one PUBLISH; returns false if it was dropped because it exceeds the
+/// client's Maximum Packet Size [MQTT-3.1.2-25].
+fn send_publish(conn: &mut Conn, out: &Outgoing, pkid: u16, dup: bool, now: Instant, w: &mut Writer<'_>, stats: &mut Stats) -> bool {
+    let msg = &out.msg;
+    let v5 = conn.version.is_v5();
+    let mut p = Publish::new(msg.topic.clone(), out.qos, msg.payload.clone());
+    p.dup = dup && out.qos != QoS::AtMostOnce;
+    p.retain = out.retain;
+    p.pkid = pkid;
+    if v5 {
+        p.properties = msg.properties.clone();
+        p.properties.message_expiry_interval = msg.remaining_expiry(now);
+        p.properties.subscription_identifiers = out.subscription_ids.clone();
+        if conn.client_alias_max > 0 {
+            match conn.aliases_out.get(&msg.topic) {
+                Some(&alias) => {
+                    p.properties.topic_alias = Some(alias);
+                    p.topic = Bytes::new();
+                }
+                None => {
+                    let next = conn.aliases_out.len() + 1;
+                    if next <= usize::from(conn.client_alias_max) {
+                        let alias = next as u16;
+                        conn.aliases_out.insert(msg.topic.clone(), alias);
+                        p.properties.topic_alias = Some(alias);
+                    }
+                }
+            }
+        }
+    }
+    if codec::publish_len(&p, conn.version) > conn.client_max_packet {
+        stats.dropped_too_large += 1;
+        return false;
+    }
+    match codec::encode_publish(&p, conn.version, w.scratch) {
+        Ok(()) => {
+            stats.messages_out += 1;
+            w.flush(conn);
+            true
+        }
+        Err(e) => {
+            w.scratch.clear();
+            tracing::warn!(conn = conn.id, error = %e, "dropping unencodable publish");
+            stats.dropped_too_large += 1;
+            false
+        }
+    }
+}
