@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use crate::codec::{
-    self, reason, Ack, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, Publish,
-    QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
+    self, reason, Ack, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS,
+    SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
 };
 use crate::config::Config;
 use crate::message::{Message, SharedMessage};
@@ -64,11 +64,22 @@ pub struct PublishAck {
 #[derive(Debug)]
 pub enum CoreMsg {
     /// To the topic's shard: order, retain, fan out.
-    Publish { msg: SharedMessage, ack: Option<PublishAck> },
+    Publish {
+        msg: SharedMessage,
+        ack: Option<PublishAck>,
+    },
     /// From the shard: the publish was taken.
-    PublishDone { conn: ConnId, pkid: u16, qos: QoS, matched: bool },
+    PublishDone {
+        conn: ConnId,
+        pkid: u16,
+        qos: QoS,
+        matched: bool,
+    },
     /// From a shard to a session host: deliver `msg` to these sessions.
-    Deliver { msg: SharedMessage, targets: Vec<Target> },
+    Deliver {
+        msg: SharedMessage,
+        targets: Vec<Target>,
+    },
     /// To a shard: add or replace a subscription.
     Subscribe {
         req: Option<(RequestRef, usize)>,
@@ -78,20 +89,55 @@ pub enum CoreMsg {
         want_retained: bool,
     },
     /// From a shard: subscription in place; retained messages that match it.
-    SubscribeDone { req_id: u64, filter_index: usize, retained: Vec<SharedMessage> },
+    SubscribeDone {
+        req_id: u64,
+        filter_index: usize,
+        retained: Vec<SharedMessage>,
+    },
     /// To a shard: remove a subscription of this session incarnation.
-    Unsubscribe { req: Option<RequestRef>, client_id: Bytes, epoch: u64, filter: Bytes, group: Option<Bytes> },
-    UnsubscribeDone { req_id: u64 },
+    Unsubscribe {
+        req: Option<RequestRef>,
+        client_id: Bytes,
+        epoch: u64,
+        filter: Bytes,
+        group: Option<Bytes>,
+    },
+    UnsubscribeDone {
+        req_id: u64,
+    },
     /// To the core holding a client id: a new connection on `new_core` claims it.
-    Takeover { client_id: Bytes, new_core: usize, new_epoch: u64, clean_start: bool, conn: ConnId },
+    Takeover {
+        client_id: Bytes,
+        new_core: usize,
+        new_epoch: u64,
+        clean_start: bool,
+        conn: ConnId,
+    },
     /// Reply to `Takeover`: the session, unless it ended or the new connection asked for a
     /// clean start.
-    Handoff { client_id: Bytes, conn: ConnId, epoch: u64, session: Option<Box<Session>> },
+    Handoff {
+        client_id: Bytes,
+        conn: ConnId,
+        epoch: u64,
+        session: Option<Box<Session>>,
+    },
 }
 
 enum Pending {
-    SubAck { conn: ConnId, pkid: u16, reasons: Vec<u8>, filters: Vec<(QoS, Option<u32>)>, outstanding: usize, retained: Vec<(usize, SharedMessage)> },
-    UnsubAck { conn: ConnId, pkid: u16, reasons: Vec<u8>, outstanding: usize },
+    SubAck {
+        conn: ConnId,
+        pkid: u16,
+        reasons: Vec<u8>,
+        filters: Vec<(QoS, Option<u32>)>,
+        outstanding: usize,
+        retained: Vec<(usize, SharedMessage)>,
+    },
+    UnsubAck {
+        conn: ConnId,
+        pkid: u16,
+        reasons: Vec<u8>,
+        outstanding: usize,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -461,7 +507,10 @@ impl Core {
                     conn.phase = Phase::AwaitingSession { pending: Vec::new() };
                 }
                 let clean_start = c.clean_start;
-                self.send(old_core, CoreMsg::Takeover { client_id, new_core: self.id, new_epoch: claim.epoch, clean_start, conn: id });
+                self.send(
+                    old_core,
+                    CoreMsg::Takeover { client_id, new_core: self.id, new_epoch: claim.epoch, clean_start, conn: id },
+                );
             }
         }
     }
@@ -506,7 +555,8 @@ impl Core {
         if conn.version.is_v5() {
             props.receive_maximum = Some(self.config.max_inflight);
             props.maximum_packet_size = Some(self.config.max_packet_size);
-            props.topic_alias_maximum = (self.config.topic_alias_maximum > 0).then_some(self.config.topic_alias_maximum);
+            props.topic_alias_maximum =
+                (self.config.topic_alias_maximum > 0).then_some(self.config.topic_alias_maximum);
             props.server_keep_alive = conn.server_keep_alive;
             if conn.assigned_client_id {
                 props.assigned_client_identifier = Some(conn.client_id.clone());
@@ -553,7 +603,15 @@ impl Core {
         }
     }
 
-    fn on_takeover(&mut self, client_id: Bytes, new_core: usize, new_epoch: u64, clean_start: bool, conn: ConnId, now: Instant) {
+    fn on_takeover(
+        &mut self,
+        client_id: Bytes,
+        new_core: usize,
+        new_epoch: u64,
+        clean_start: bool,
+        conn: ConnId,
+        now: Instant,
+    ) {
         let Some(mut s) = self.sessions.remove(&client_id) else {
             self.send(new_core, CoreMsg::Handoff { client_id, conn, epoch: new_epoch, session: None });
             return;
@@ -667,7 +725,11 @@ impl Core {
 
     // ---- PUBLISH out acknowledgements -----------------------------------------------------
 
-    fn with_session(&mut self, id: ConnId, f: impl FnOnce(&mut Session, &mut Conn, &mut Writer<'_>, Limits, &mut Stats)) {
+    fn with_session(
+        &mut self,
+        id: ConnId,
+        f: impl FnOnce(&mut Session, &mut Conn, &mut Writer<'_>, Limits, &mut Stats),
+    ) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
         let Some(session) = self.sessions.get_mut(&conn.client_id) else { return };
         let mut w = Writer { out: &mut self.writes, scratch: &mut self.scratch };
@@ -747,7 +809,12 @@ impl Core {
                     1 => is_new,
                     _ => false,
                 };
-            accepted.push((index, f.filter.clone(), StoredSubscription { options: f.options, subscription_id: sub_id }, want_retained));
+            accepted.push((
+                index,
+                f.filter.clone(),
+                StoredSubscription { options: f.options, subscription_id: sub_id },
+                want_retained,
+            ));
         }
         let req_id = self.next_request;
         self.next_request += 1;
@@ -757,7 +824,13 @@ impl Core {
             if let Some(session) = self.sessions.get_mut(&client_id) {
                 session.subscriptions.insert(filter.clone(), stored.clone());
             }
-            outstanding += self.route_subscribe(Some((RequestRef { core: self.id, id: req_id }, index)), &sref, &filter, stored, want_retained);
+            outstanding += self.route_subscribe(
+                Some((RequestRef { core: self.id, id: req_id }, index)),
+                &sref,
+                &filter,
+                stored,
+                want_retained,
+            );
         }
         let pending = Pending::SubAck { conn: id, pkid: s.pkid, reasons, filters, outstanding, retained: Vec::new() };
         self.pending.insert(req_id, pending);
@@ -768,7 +841,14 @@ impl Core {
 
     /// Sends a subscription to the shards that must know it; returns how many replies to
     /// expect (when `req` is set).
-    fn route_subscribe(&mut self, req: Option<(RequestRef, usize)>, sref: &SessionRef, full: &Bytes, stored: StoredSubscription, want_retained: bool) -> usize {
+    fn route_subscribe(
+        &mut self,
+        req: Option<(RequestRef, usize)>,
+        sref: &SessionRef,
+        full: &Bytes,
+        stored: StoredSubscription,
+        want_retained: bool,
+    ) -> usize {
         let (group, filter) = match topic::parse_shared(full) {
             Ok(Some((g, f))) => (Some(full.slice_ref(g)), full.slice_ref(f)),
             _ => (None, full.clone()),
@@ -776,10 +856,18 @@ impl Core {
         let shards = self.shards_for(&filter);
         let n = shards.len();
         for shard in shards {
-            let subscriber = Subscriber { session: sref.clone(), options: stored.options, subscription_id: stored.subscription_id };
-            self.send(shard, CoreMsg::Subscribe { req, subscriber, filter: filter.clone(), group: group.clone(), want_retained });
+            let subscriber =
+                Subscriber { session: sref.clone(), options: stored.options, subscription_id: stored.subscription_id };
+            self.send(
+                shard,
+                CoreMsg::Subscribe { req, subscriber, filter: filter.clone(), group: group.clone(), want_retained },
+            );
         }
-        if req.is_some() { n } else { 0 }
+        if req.is_some() {
+            n
+        } else {
+            0
+        }
     }
 
     fn route_unsubscribe(&mut self, req: Option<RequestRef>, client_id: &Bytes, epoch: u64, full: &Bytes) -> usize {
@@ -790,10 +878,20 @@ impl Core {
         let shards = self.shards_for(&filter);
         let n = shards.len();
         for shard in shards {
-            let msg = CoreMsg::Unsubscribe { req, client_id: client_id.clone(), epoch, filter: filter.clone(), group: group.clone() };
+            let msg = CoreMsg::Unsubscribe {
+                req,
+                client_id: client_id.clone(),
+                epoch,
+                filter: filter.clone(),
+                group: group.clone(),
+            };
             self.send(shard, msg);
         }
-        if req.is_some() { n } else { 0 }
+        if req.is_some() {
+            n
+        } else {
+            0
+        }
     }
 
     fn on_unsubscribe(&mut self, id: ConnId, u: Unsubscribe, now: Instant) {
@@ -815,7 +913,8 @@ impl Core {
         self.next_request += 1;
         let mut outstanding = 0;
         for f in removed {
-            outstanding += self.route_unsubscribe(Some(RequestRef { core: self.id, id: req_id }), &client_id, epoch, &f);
+            outstanding +=
+                self.route_unsubscribe(Some(RequestRef { core: self.id, id: req_id }), &client_id, epoch, &f);
         }
         self.pending.insert(req_id, Pending::UnsubAck { conn: id, pkid: u.pkid, reasons, outstanding });
         if outstanding == 0 {
@@ -832,17 +931,31 @@ impl Core {
                 let Some(client_id) = self.conns.get(&conn).map(|c| c.client_id.clone()) else { return };
                 for (index, msg) in retained {
                     let Some(&(granted, sub_id)) = filters.get(index) else { continue };
-                    let out = Outgoing { qos: granted.min(msg.qos), retain: true, subscription_ids: sub_id.into_iter().collect(), msg };
+                    let out = Outgoing {
+                        qos: granted.min(msg.qos),
+                        retain: true,
+                        subscription_ids: sub_id.into_iter().collect(),
+                        msg,
+                    };
                     self.offer(&client_id, out, now);
                 }
             }
             Pending::UnsubAck { conn, pkid, reasons, .. } => {
-                self.write_packet(conn, &Packet::UnsubAck(UnsubAck { pkid, properties: Properties::default(), reasons }));
+                self.write_packet(
+                    conn,
+                    &Packet::UnsubAck(UnsubAck { pkid, properties: Properties::default(), reasons }),
+                );
             }
         }
     }
 
-    fn request_reply(&mut self, req_id: u64, filter_index: Option<usize>, mut retained: Vec<SharedMessage>, now: Instant) {
+    fn request_reply(
+        &mut self,
+        req_id: u64,
+        filter_index: Option<usize>,
+        mut retained: Vec<SharedMessage>,
+        now: Instant,
+    ) {
         let done = match self.pending.get_mut(&req_id) {
             Some(Pending::SubAck { outstanding, retained: r, .. }) => {
                 if let Some(i) = filter_index {
@@ -1005,7 +1118,9 @@ impl Core {
                     self.send(r.core, CoreMsg::SubscribeDone { req_id: r.id, filter_index: index, retained });
                 }
             }
-            CoreMsg::SubscribeDone { req_id, filter_index, retained } => self.request_reply(req_id, Some(filter_index), retained, now),
+            CoreMsg::SubscribeDone { req_id, filter_index, retained } => {
+                self.request_reply(req_id, Some(filter_index), retained, now)
+            }
             CoreMsg::Unsubscribe { req, client_id, epoch, filter, group } => {
                 self.subscriptions.unsubscribe(&filter, group.as_ref(), &client_id, epoch);
                 if let Some(r) = req {
@@ -1057,7 +1172,8 @@ impl Core {
         let epoch_ok = self.sessions.get(&t.session.client_id).map(|s| s.epoch == t.session.epoch);
         match epoch_ok {
             Some(true) => {
-                let out = Outgoing { msg: msg.clone(), qos: t.qos, retain: t.retain, subscription_ids: t.subscription_ids };
+                let out =
+                    Outgoing { msg: msg.clone(), qos: t.qos, retain: t.retain, subscription_ids: t.subscription_ids };
                 self.offer(&t.session.client_id, out, now);
             }
             Some(false) => {}
@@ -1086,5 +1202,3 @@ impl Core {
 fn will_delay(w: &Will) -> u32 {
     w.properties.will_delay_interval.unwrap_or(0)
 }
-
-

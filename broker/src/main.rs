@@ -6,8 +6,9 @@ use promptmq::config::Config;
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
-        .with_context(|| format!("invalid --log-level {:?}: use error, warn, info, debug or trace", config.log_level))?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level).with_context(|| {
+        format!("invalid --log-level {:?}: use error, warn, info, debug or trace", config.log_level)
+    })?;
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 
     std::fs::create_dir_all(&config.data_dir)

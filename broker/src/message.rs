@@ -32,10 +32,8 @@ impl Message {
     /// resolved into `topic`.
     pub fn from_publish(p: Publish, topic: Bytes, publisher: Bytes, now: Instant) -> Message {
         let mut properties = p.properties;
-        let expires_at = properties
-            .message_expiry_interval
-            .take()
-            .map(|secs| now + Duration::from_secs(u64::from(secs)));
+        let expires_at =
+            properties.message_expiry_interval.take().map(|secs| now + Duration::from_secs(u64::from(secs)));
         // Not forwarded: the alias is per connection, subscription ids are set per
         // subscriber [MQTT-3.3.4-6].
         properties.topic_alias = None;

@@ -148,7 +148,11 @@ async fn accept_loop(driver: Rc<Driver>, listener: rt::Listener) {
         match listener.accept().await {
             Ok((stream, _peer)) => {
                 let id = driver.core.borrow_mut().on_accept(Instant::now());
-                let io = Rc::new(ConnIo { queue: RefCell::new(Vec::new()), signal: rt::LocalSignal::default(), closing: Cell::new(false) });
+                let io = Rc::new(ConnIo {
+                    queue: RefCell::new(Vec::new()),
+                    signal: rt::LocalSignal::default(),
+                    closing: Cell::new(false),
+                });
                 driver.conns.borrow_mut().insert(id, Rc::clone(&io));
                 let (r, w) = stream.into_split();
                 rt::spawn_local(read_loop(Rc::clone(&driver), id, r, Rc::clone(&io)));

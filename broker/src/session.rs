@@ -130,7 +130,9 @@ pub enum Phase {
     AwaitingConnect,
     /// CONNECT accepted; waiting for the session to arrive from another owner (takeover).
     /// Packets the client pipelined behind CONNECT wait in `pending`.
-    AwaitingSession { pending: Vec<Packet> },
+    AwaitingSession {
+        pending: Vec<Packet>,
+    },
     Connected,
 }
 
@@ -271,7 +273,14 @@ fn window(conn: &Conn, limits: Limits) -> usize {
     usize::from(conn.client_receive_max.min(limits.max_inflight))
 }
 
-fn start_inflight(session: &mut Session, conn: &mut Conn, out: Outgoing, now: Instant, w: &mut Writer<'_>, stats: &mut Stats) {
+fn start_inflight(
+    session: &mut Session,
+    conn: &mut Conn,
+    out: Outgoing,
+    now: Instant,
+    w: &mut Writer<'_>,
+    stats: &mut Stats,
+) {
     let Some(pkid) = session.allocate_pkid() else {
         session.queue.push_front(out);
         return;
@@ -285,7 +294,14 @@ fn start_inflight(session: &mut Session, conn: &mut Conn, out: Outgoing, now: In
 }
 
 /// Sends queued messages while the window has room.
-pub fn pump(session: &mut Session, conn: &mut Conn, limits: Limits, now: Instant, w: &mut Writer<'_>, stats: &mut Stats) {
+pub fn pump(
+    session: &mut Session,
+    conn: &mut Conn,
+    limits: Limits,
+    now: Instant,
+    w: &mut Writer<'_>,
+    stats: &mut Stats,
+) {
     while session.inflight.len() < window(conn, limits) {
         let Some(out) = session.queue.pop_front() else { break };
         if out.msg.is_expired(now) {
@@ -302,7 +318,14 @@ pub fn pump(session: &mut Session, conn: &mut Conn, limits: Limits, now: Instant
 
 /// Resends every unacknowledged outbound message in its original order: PUBLISH with DUP
 /// for those not yet PUBREC'd, PUBREL for those that were [MQTT-4.4.0-1].
-pub fn resume(session: &mut Session, conn: &mut Conn, limits: Limits, now: Instant, w: &mut Writer<'_>, stats: &mut Stats) {
+pub fn resume(
+    session: &mut Session,
+    conn: &mut Conn,
+    limits: Limits,
+    now: Instant,
+    w: &mut Writer<'_>,
+    stats: &mut Stats,
+) {
     let mut order: Vec<(u64, u16)> = session.inflight.iter().map(|(id, f)| (f.seq, *id)).collect();
     order.sort_unstable();
     for (_, pkid) in order {
@@ -323,7 +346,15 @@ pub fn resume(session: &mut Session, conn: &mut Conn, limits: Limits, now: Insta
 
 /// Encodes and writes one PUBLISH; returns false if it was dropped because it exceeds the
 /// client's Maximum Packet Size [MQTT-3.1.2-25].
-fn send_publish(conn: &mut Conn, out: &Outgoing, pkid: u16, dup: bool, now: Instant, w: &mut Writer<'_>, stats: &mut Stats) -> bool {
+fn send_publish(
+    conn: &mut Conn,
+    out: &Outgoing,
+    pkid: u16,
+    dup: bool,
+    now: Instant,
+    w: &mut Writer<'_>,
+    stats: &mut Stats,
+) -> bool {
     let msg = &out.msg;
     let v5 = conn.version.is_v5();
     let mut p = Publish::new(msg.topic.clone(), out.qos, msg.payload.clone());

@@ -40,9 +40,8 @@ where
     let mut threads = Vec::with_capacity(cores);
     for index in 0..cores {
         let core_main = Arc::clone(&core_main);
-        let thread = std::thread::Builder::new()
-            .name(format!("promptmq-core-{index}"))
-            .spawn(move || -> io::Result<()> {
+        let thread =
+            std::thread::Builder::new().name(format!("promptmq-core-{index}")).spawn(move || -> io::Result<()> {
                 if pin {
                     if let Err(e) = pin_to_cpu(index) {
                         eprintln!("promptmq: could not pin core {index}: {e}");
@@ -211,8 +210,7 @@ impl WriteHalf {
     pub async fn write_all(&mut self, mut chunks: Vec<Bytes>) -> (io::Result<()>, Vec<Bytes>) {
         let mut first = 0;
         while first < chunks.len() {
-            let slices: Vec<io::IoSlice<'_>> =
-                chunks[first..].iter().take(64).map(|c| io::IoSlice::new(c)).collect();
+            let slices: Vec<io::IoSlice<'_>> = chunks[first..].iter().take(64).map(|c| io::IoSlice::new(c)).collect();
             let mut written = match self.inner.write_vectored(&slices).await {
                 Ok(0) => {
                     chunks.clear();

@@ -31,17 +31,13 @@ fn read_vbi(buf: &[u8]) -> Result<Option<(u32, usize)>, DecodeError> {
         value |= u32::from(byte & 0x7F) << (7 * i);
         if byte & 0x80 == 0 {
             if byte == 0 && i > 0 {
-                return Err(DecodeError::Malformed(
-                    "variable byte integer not minimally encoded",
-                ));
+                return Err(DecodeError::Malformed("variable byte integer not minimally encoded"));
             }
             return Ok(Some((value, i + 1)));
         }
     }
     if buf.len() >= 4 {
-        return Err(DecodeError::Malformed(
-            "variable byte integer longer than 4 bytes",
-        ));
+        return Err(DecodeError::Malformed("variable byte integer longer than 4 bytes"));
     }
     Ok(None)
 }
@@ -61,18 +57,12 @@ pub fn check_frame(buf: &[u8], max_packet_size: usize) -> Result<Option<Frame>, 
     let header_len = 1 + n;
     let total_len = header_len + remaining as usize;
     if total_len > max_packet_size {
-        return Err(DecodeError::PacketTooLarge {
-            size: total_len,
-            max: max_packet_size,
-        });
+        return Err(DecodeError::PacketTooLarge { size: total_len, max: max_packet_size });
     }
     if buf.len() < total_len {
         return Ok(None);
     }
-    Ok(Some(Frame {
-        header_len,
-        total_len,
-    }))
+    Ok(Some(Frame { header_len, total_len }))
 }
 
 /// A bounds-checked cursor over a `Bytes`; everything it returns is a slice of that buffer.
@@ -121,11 +111,8 @@ impl Reader {
     }
 
     fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], DecodeError> {
-        let bytes: [u8; N] = self
-            .rest_slice()
-            .get(..N)
-            .and_then(|s| s.try_into().ok())
-            .ok_or(DecodeError::Malformed(what))?;
+        let bytes: [u8; N] =
+            self.rest_slice().get(..N).and_then(|s| s.try_into().ok()).ok_or(DecodeError::Malformed(what))?;
         self.pos += N;
         Ok(bytes)
     }
@@ -184,20 +171,15 @@ impl Reader {
 ///
 /// Every packet type is decoded whatever its direction: deciding which ones a server may
 /// receive is the session's job. Topics, strings and payloads are slices of `frame`.
-pub fn decode_packet(
-    frame: Bytes,
-    version: Option<ProtocolVersion>,
-) -> Result<Packet, DecodeError> {
+pub fn decode_packet(frame: Bytes, version: Option<ProtocolVersion>) -> Result<Packet, DecodeError> {
     let Some(&first) = frame.first() else {
         return Err(DecodeError::Malformed("empty frame"));
     };
-    let (remaining, n) = read_vbi(frame.get(1..).unwrap_or_default())?
-        .ok_or(DecodeError::Malformed("incomplete fixed header"))?;
+    let (remaining, n) =
+        read_vbi(frame.get(1..).unwrap_or_default())?.ok_or(DecodeError::Malformed("incomplete fixed header"))?;
     let header_len = 1 + n;
     if frame.len() != header_len + remaining as usize {
-        return Err(DecodeError::Malformed(
-            "frame length differs from its remaining length",
-        ));
+        return Err(DecodeError::Malformed("frame length differs from its remaining length"));
     }
     let kind = first >> 4;
     let flags = first & 0x0F;
@@ -226,8 +208,7 @@ pub fn decode_packet(
         12 => Packet::PingReq,
         13 => Packet::PingResp,
         14 => {
-            let (reason, properties) =
-                reason_and_properties(&mut r, version, PropertyKind::Disconnect)?;
+            let (reason, properties) = reason_and_properties(&mut r, version, PropertyKind::Disconnect)?;
             Packet::Disconnect(Disconnect { reason, properties })
         }
         15 if version.is_v5() => {
@@ -283,9 +264,7 @@ fn connect(r: &mut Reader) -> Result<Connect, DecodeError> {
     let password_flag = flags & 0x40 != 0;
     let username_flag = flags & 0x80 != 0;
     if !will_flag && (will_qos_bits != 0 || will_retain) {
-        return Err(DecodeError::Malformed(
-            "will QoS or retain set without will flag",
-        ));
+        return Err(DecodeError::Malformed("will QoS or retain set without will flag"));
     }
     let will_qos = QoS::from_u8(will_qos_bits).ok_or(DecodeError::Malformed("will QoS 3"))?;
     if !v5 && password_flag && !username_flag {
@@ -293,56 +272,23 @@ fn connect(r: &mut Reader) -> Result<Connect, DecodeError> {
     }
 
     let keep_alive = r.u16("truncated keep alive")?;
-    let properties = if v5 {
-        decode_properties(r, PropertyKind::Connect)?
-    } else {
-        Properties::default()
-    };
+    let properties = if v5 { decode_properties(r, PropertyKind::Connect)? } else { Properties::default() };
     let client_id = r.string("truncated client identifier")?;
     let will = if will_flag {
-        let properties = if v5 {
-            decode_properties(r, PropertyKind::Will)?
-        } else {
-            Properties::default()
-        };
+        let properties = if v5 { decode_properties(r, PropertyKind::Will)? } else { Properties::default() };
         let topic = r.string("truncated will topic")?;
         // The will is published as if by PUBLISH, so its topic obeys [MQTT-3.3.2-2].
         if validate_topic_name(&topic).is_err() {
-            return Err(DecodeError::TopicNameInvalid(
-                "will topic is not a valid topic name",
-            ));
+            return Err(DecodeError::TopicNameInvalid("will topic is not a valid topic name"));
         }
         let payload = r.binary("truncated will payload")?;
-        Some(Will {
-            topic,
-            payload,
-            qos: will_qos,
-            retain: will_retain,
-            properties,
-        })
+        Some(Will { topic, payload, qos: will_qos, retain: will_retain, properties })
     } else {
         None
     };
-    let username = if username_flag {
-        Some(r.string("truncated user name")?)
-    } else {
-        None
-    };
-    let password = if password_flag {
-        Some(r.binary("truncated password")?)
-    } else {
-        None
-    };
-    Ok(Connect {
-        protocol,
-        clean_start,
-        keep_alive,
-        client_id,
-        will,
-        username,
-        password,
-        properties,
-    })
+    let username = if username_flag { Some(r.string("truncated user name")?) } else { None };
+    let password = if password_flag { Some(r.binary("truncated password")?) } else { None };
+    Ok(Connect { protocol, clean_start, keep_alive, client_id, will, username, password, properties })
 }
 
 /// Inverse of [`reason::connack_code_for_v311`], so that [`ConnAck::code`] is always an
@@ -368,15 +314,10 @@ fn connack(r: &mut Reader, version: ProtocolVersion) -> Result<ConnAck, DecodeEr
     let (code, properties) = if version.is_v5() {
         (code, decode_properties(r, PropertyKind::ConnAck)?)
     } else {
-        let code = connack_code_from_v311(code)
-            .ok_or(DecodeError::Malformed("reserved 3.1.1 connack return code"))?;
+        let code = connack_code_from_v311(code).ok_or(DecodeError::Malformed("reserved 3.1.1 connack return code"))?;
         (code, Properties::default())
     };
-    Ok(ConnAck {
-        session_present: flags & 0x01 != 0,
-        code,
-        properties,
-    })
+    Ok(ConnAck { session_present: flags & 0x01 != 0, code, properties })
 }
 
 fn publish(r: &mut Reader, flags: u8, version: ProtocolVersion) -> Result<Publish, DecodeError> {
@@ -388,34 +329,20 @@ fn publish(r: &mut Reader, flags: u8, version: ProtocolVersion) -> Result<Publis
     let retain = flags & 0x01 != 0;
     let topic = r.string("truncated topic name")?;
     let pkid = if qos == QoS::AtMostOnce { 0 } else { r.pkid()? };
-    let properties = if version.is_v5() {
-        decode_properties(r, PropertyKind::Publish)?
-    } else {
-        Properties::default()
-    };
+    let properties = if version.is_v5() { decode_properties(r, PropertyKind::Publish)? } else { Properties::default() };
     if topic.is_empty() {
         // Spec 3.3.2.3.4: an empty topic stands for the one a Topic Alias maps to.
         if !version.is_v5() {
             return Err(DecodeError::TopicNameInvalid("empty topic name"));
         }
         if properties.topic_alias.is_none() {
-            return Err(DecodeError::Protocol(
-                "empty topic name without topic alias",
-            ));
+            return Err(DecodeError::Protocol("empty topic name without topic alias"));
         }
     } else if validate_topic_name(&topic).is_err() {
         return Err(DecodeError::TopicNameInvalid("wildcard in topic name")); // [MQTT-3.3.2-2]
     }
     let payload = r.rest();
-    Ok(Publish {
-        dup,
-        qos,
-        retain,
-        topic,
-        pkid,
-        properties,
-        payload,
-    })
+    Ok(Publish { dup, qos, retain, topic, pkid, properties, payload })
 }
 
 /// PUBACK, PUBREC, PUBREL, PUBCOMP. In v5 the reason code may be left out when it is 0 and
@@ -426,16 +353,8 @@ fn ack(r: &mut Reader, version: ProtocolVersion) -> Result<Ack, DecodeError> {
         return Ok(Ack::new(pkid, reason::SUCCESS));
     }
     let reason = r.u8("truncated reason code")?;
-    let properties = if r.is_empty() {
-        Properties::default()
-    } else {
-        decode_properties(r, PropertyKind::Ack)?
-    };
-    Ok(Ack {
-        pkid,
-        reason,
-        properties,
-    })
+    let properties = if r.is_empty() { Properties::default() } else { decode_properties(r, PropertyKind::Ack)? };
+    Ok(Ack { pkid, reason, properties })
 }
 
 /// The v5 DISCONNECT and AUTH body: both parts optional (spec 3.14.2.1, 3.15.2.1).
@@ -449,30 +368,21 @@ fn reason_and_properties(
         return Ok((reason::SUCCESS, Properties::default()));
     }
     let reason = r.u8("truncated reason code")?;
-    let properties = if r.is_empty() {
-        Properties::default()
-    } else {
-        decode_properties(r, kind)?
-    };
+    let properties = if r.is_empty() { Properties::default() } else { decode_properties(r, kind)? };
     Ok((reason, properties))
 }
 
 fn subscribe(r: &mut Reader, version: ProtocolVersion) -> Result<Subscribe, DecodeError> {
     let pkid = r.pkid()?;
-    let properties = if version.is_v5() {
-        decode_properties(r, PropertyKind::Subscribe)?
-    } else {
-        Properties::default()
-    };
+    let properties =
+        if version.is_v5() { decode_properties(r, PropertyKind::Subscribe)? } else { Properties::default() };
     let mut filters = Vec::new();
     while !r.is_empty() {
         let filter = r.string("truncated topic filter")?;
         let opts = r.u8("missing subscription options")?;
         let options = if version.is_v5() {
             if opts & 0xC0 != 0 {
-                return Err(DecodeError::Malformed(
-                    "subscription options reserved bits set",
-                ));
+                return Err(DecodeError::Malformed("subscription options reserved bits set"));
             }
             let retain_handling = (opts >> 4) & 0x03;
             if retain_handling == 3 {
@@ -498,45 +408,26 @@ fn subscribe(r: &mut Reader, version: ProtocolVersion) -> Result<Subscribe, Deco
     if filters.is_empty() {
         return Err(DecodeError::Protocol("SUBSCRIBE without topic filters")); // [MQTT-3.8.3-3]
     }
-    Ok(Subscribe {
-        pkid,
-        properties,
-        filters,
-    })
+    Ok(Subscribe { pkid, properties, filters })
 }
 
 fn suback(r: &mut Reader, version: ProtocolVersion) -> Result<SubAck, DecodeError> {
     let pkid = r.pkid()?;
-    let properties = if version.is_v5() {
-        decode_properties(r, PropertyKind::SubAck)?
-    } else {
-        Properties::default()
-    };
+    let properties = if version.is_v5() { decode_properties(r, PropertyKind::SubAck)? } else { Properties::default() };
     let reasons = r.rest().to_vec();
     if reasons.is_empty() {
         return Err(DecodeError::Malformed("SUBACK without reason codes"));
     }
-    if !version.is_v5()
-        && reasons
-            .iter()
-            .any(|&c| !matches!(c, 0 | 1 | 2 | reason::v311::SUBACK_FAILURE))
-    {
+    if !version.is_v5() && reasons.iter().any(|&c| !matches!(c, 0 | 1 | 2 | reason::v311::SUBACK_FAILURE)) {
         return Err(DecodeError::Malformed("reserved SUBACK return code")); // [MQTT-3.9.3-2]
     }
-    Ok(SubAck {
-        pkid,
-        properties,
-        reasons,
-    })
+    Ok(SubAck { pkid, properties, reasons })
 }
 
 fn unsubscribe(r: &mut Reader, version: ProtocolVersion) -> Result<Unsubscribe, DecodeError> {
     let pkid = r.pkid()?;
-    let properties = if version.is_v5() {
-        decode_properties(r, PropertyKind::Unsubscribe)?
-    } else {
-        Properties::default()
-    };
+    let properties =
+        if version.is_v5() { decode_properties(r, PropertyKind::Unsubscribe)? } else { Properties::default() };
     let mut filters = Vec::new();
     while !r.is_empty() {
         filters.push(r.string("truncated topic filter")?);
@@ -544,32 +435,20 @@ fn unsubscribe(r: &mut Reader, version: ProtocolVersion) -> Result<Unsubscribe, 
     if filters.is_empty() {
         return Err(DecodeError::Protocol("UNSUBSCRIBE without topic filters")); // [MQTT-3.10.3-2]
     }
-    Ok(Unsubscribe {
-        pkid,
-        properties,
-        filters,
-    })
+    Ok(Unsubscribe { pkid, properties, filters })
 }
 
 fn unsuback(r: &mut Reader, version: ProtocolVersion) -> Result<UnsubAck, DecodeError> {
     let pkid = r.pkid()?;
     if !version.is_v5() {
-        return Ok(UnsubAck {
-            pkid,
-            properties: Properties::default(),
-            reasons: Vec::new(),
-        });
+        return Ok(UnsubAck { pkid, properties: Properties::default(), reasons: Vec::new() });
     }
     let properties = decode_properties(r, PropertyKind::UnsubAck)?;
     let reasons = r.rest().to_vec();
     if reasons.is_empty() {
         return Err(DecodeError::Malformed("UNSUBACK without reason codes"));
     }
-    Ok(UnsubAck {
-        pkid,
-        properties,
-        reasons,
-    })
+    Ok(UnsubAck { pkid, properties, reasons })
 }
 
 #[cfg(test)]
@@ -595,17 +474,11 @@ pub(crate) mod tests {
     }
 
     fn reason_string(s: &str) -> Properties {
-        Properties {
-            reason_string: Some(b(s)),
-            ..Properties::default()
-        }
+        Properties { reason_string: Some(b(s)), ..Properties::default() }
     }
 
     fn user(k: &str, v: &str) -> Properties {
-        Properties {
-            user_properties: vec![(b(k), b(v))],
-            ..Properties::default()
-        }
+        Properties { user_properties: vec![(b(k), b(v))], ..Properties::default() }
     }
 
     /// Valid packets of every type, as they decode in `v` (so 3.1.1 ones carry no
@@ -708,11 +581,7 @@ pub(crate) mod tests {
             reason::BAD_USER_NAME_OR_PASSWORD,
             reason::NOT_AUTHORIZED,
         ] {
-            out.push(Packet::ConnAck(ConnAck {
-                session_present: false,
-                code,
-                properties: Properties::default(),
-            }));
+            out.push(Packet::ConnAck(ConnAck { session_present: false, code, properties: Properties::default() }));
         }
         if v5 {
             out.push(Packet::ConnAck(ConnAck {
@@ -740,11 +609,7 @@ pub(crate) mod tests {
                 },
             }));
         }
-        out.push(Packet::Publish(Publish::new(
-            b("a/b"),
-            QoS::AtMostOnce,
-            b("hello"),
-        )));
+        out.push(Packet::Publish(Publish::new(b("a/b"), QoS::AtMostOnce, b("hello"))));
         out.push(Packet::Publish(Publish {
             dup: true,
             qos: QoS::AtLeastOnce,
@@ -786,16 +651,8 @@ pub(crate) mod tests {
             let mut acks = vec![Ack::new(pkid, reason::SUCCESS)];
             if v5 {
                 acks.push(Ack::new(pkid, reason::NO_MATCHING_SUBSCRIBERS));
-                acks.push(Ack {
-                    pkid,
-                    reason: reason::PACKET_IDENTIFIER_NOT_FOUND,
-                    properties: reason_string("gone"),
-                });
-                acks.push(Ack {
-                    pkid,
-                    reason: reason::SUCCESS,
-                    properties: user("u", "v"),
-                });
+                acks.push(Ack { pkid, reason: reason::PACKET_IDENTIFIER_NOT_FOUND, properties: reason_string("gone") });
+                acks.push(Ack { pkid, reason: reason::SUCCESS, properties: user("u", "v") });
             }
             acks
         };
@@ -813,17 +670,9 @@ pub(crate) mod tests {
         }
         let opts = |qos, no_local, retain_as_published, retain_handling| {
             if v5 {
-                SubscriptionOptions {
-                    qos,
-                    no_local,
-                    retain_as_published,
-                    retain_handling,
-                }
+                SubscriptionOptions { qos, no_local, retain_as_published, retain_handling }
             } else {
-                SubscriptionOptions {
-                    qos,
-                    ..SubscriptionOptions::default()
-                }
+                SubscriptionOptions { qos, ..SubscriptionOptions::default() }
             }
         };
         out.push(Packet::Subscribe(Subscribe {
@@ -837,23 +686,11 @@ pub(crate) mod tests {
                 },
             ),
             filters: vec![
-                SubscribeFilter {
-                    filter: b("a/+/c"),
-                    options: opts(QoS::AtMostOnce, false, false, 0),
-                },
-                SubscribeFilter {
-                    filter: b("#"),
-                    options: opts(QoS::AtLeastOnce, true, false, 1),
-                },
-                SubscribeFilter {
-                    filter: b("$share/g/x/#"),
-                    options: opts(QoS::ExactlyOnce, false, true, 2),
-                },
+                SubscribeFilter { filter: b("a/+/c"), options: opts(QoS::AtMostOnce, false, false, 0) },
+                SubscribeFilter { filter: b("#"), options: opts(QoS::AtLeastOnce, true, false, 1) },
+                SubscribeFilter { filter: b("$share/g/x/#"), options: opts(QoS::ExactlyOnce, false, true, 2) },
                 // Wildcard placement is the session's business; the codec keeps the bytes.
-                SubscribeFilter {
-                    filter: b("bad#filter"),
-                    options: opts(QoS::AtMostOnce, true, true, 2),
-                },
+                SubscribeFilter { filter: b("bad#filter"), options: opts(QoS::AtMostOnce, true, true, 2) },
             ],
         }));
         out.push(Packet::SubAck(SubAck {
@@ -873,11 +710,7 @@ pub(crate) mod tests {
         out.push(Packet::UnsubAck(UnsubAck {
             pkid: 11,
             properties: props_if(v, reason_string("r")),
-            reasons: if v5 {
-                vec![0x00, 0x11, 0x87]
-            } else {
-                Vec::new()
-            },
+            reasons: if v5 { vec![0x00, 0x11, 0x87] } else { Vec::new() },
         }));
         out.push(Packet::PingReq);
         out.push(Packet::PingResp);
@@ -900,10 +733,7 @@ pub(crate) mod tests {
                     ..Properties::default()
                 },
             }));
-            out.push(Packet::Auth(Auth {
-                reason: reason::SUCCESS,
-                properties: Properties::default(),
-            }));
+            out.push(Packet::Auth(Auth { reason: reason::SUCCESS, properties: Properties::default() }));
             out.push(Packet::Auth(Auth {
                 reason: reason::CONTINUE_AUTHENTICATION,
                 properties: Properties {
@@ -913,10 +743,7 @@ pub(crate) mod tests {
                     ..Properties::default()
                 },
             }));
-            out.push(Packet::Auth(Auth {
-                reason: reason::RE_AUTHENTICATE,
-                properties: Properties::default(),
-            }));
+            out.push(Packet::Auth(Auth { reason: reason::RE_AUTHENTICATE, properties: Properties::default() }));
         }
         out
     }
@@ -977,9 +804,7 @@ pub(crate) mod tests {
             for p in samples(v) {
                 let bytes = encode(&p, v);
                 assert_eq!(bytes.len(), encoded_len(&p, v), "{p:?}");
-                let f = check_frame(&bytes, bytes.len())
-                    .expect("frame")
-                    .expect("complete");
+                let f = check_frame(&bytes, bytes.len()).expect("frame").expect("complete");
                 assert_eq!(f.total_len, bytes.len());
                 let got = decode_packet(Bytes::from(bytes), Some(v));
                 assert_eq!(got.as_ref(), Ok(&p), "{v:?}");
@@ -992,10 +817,7 @@ pub(crate) mod tests {
     #[test]
     fn connect_brings_its_own_version() {
         for v in BOTH {
-            for p in samples(v)
-                .into_iter()
-                .filter(|p| matches!(p, Packet::Connect(_)))
-            {
+            for p in samples(v).into_iter().filter(|p| matches!(p, Packet::Connect(_))) {
                 let bytes = encode(&p, v);
                 for known in [None, Some(V311), Some(V5)] {
                     assert_eq!(dec(&bytes, known), Ok(p.clone()));
@@ -1007,10 +829,7 @@ pub(crate) mod tests {
     #[test]
     fn first_packet_must_be_connect_mqtt_3_1_0_1() {
         for v in BOTH {
-            for p in samples(v)
-                .into_iter()
-                .filter(|p| !matches!(p, Packet::Connect(_)))
-            {
+            for p in samples(v).into_iter().filter(|p| !matches!(p, Packet::Connect(_))) {
                 assert!(protocol(dec(&encode(&p, v), None)), "{p:?}");
             }
         }
@@ -1019,24 +838,12 @@ pub(crate) mod tests {
     #[test]
     fn protocol_name_and_level() {
         let cases: [(&[u8], u8, Result<(), DecodeError>); 6] = [
-            (
-                b"MQIsdp",
-                3,
-                Err(DecodeError::UnsupportedProtocolVersion(3)),
-            ),
+            (b"MQIsdp", 3, Err(DecodeError::UnsupportedProtocolVersion(3))),
             (b"MQTT", 3, Err(DecodeError::UnsupportedProtocolVersion(3))),
             (b"MQTT", 6, Err(DecodeError::UnsupportedProtocolVersion(6))),
             (b"MQTT", 0, Err(DecodeError::UnsupportedProtocolVersion(0))),
-            (
-                b"MQTX",
-                4,
-                Err(DecodeError::Malformed("unknown protocol name")),
-            ),
-            (
-                b"mqtt",
-                5,
-                Err(DecodeError::Malformed("unknown protocol name")),
-            ),
+            (b"MQTX", 4, Err(DecodeError::Malformed("unknown protocol name"))),
+            (b"mqtt", 5, Err(DecodeError::Malformed("unknown protocol name"))),
         ];
         for (name, level, want) in cases {
             let mut body = s(name);
@@ -1145,10 +952,7 @@ pub(crate) mod tests {
         for level in [4, 5] {
             let payload = s(b"c");
             assert!(dec(&frame(0x10, &connect_body(level, 0x02, &payload)), None).is_ok());
-            assert!(malformed(dec(
-                &frame(0x10, &connect_body(level, 0x03, &payload)),
-                None
-            )));
+            assert!(malformed(dec(&frame(0x10, &connect_body(level, 0x03, &payload)), None)));
         }
     }
 
@@ -1190,12 +994,8 @@ pub(crate) mod tests {
     fn password_without_user_name_mqtt_3_1_2_22() {
         let mut payload = s(b"c");
         payload.extend_from_slice(&s(b"pw"));
-        assert!(malformed(dec(
-            &frame(0x10, &connect_body(4, 0x42, &payload)),
-            None
-        )));
-        let Ok(Packet::Connect(c)) = dec(&frame(0x10, &connect_body(5, 0x42, &payload)), None)
-        else {
+        assert!(malformed(dec(&frame(0x10, &connect_body(4, 0x42, &payload)), None)));
+        let Ok(Packet::Connect(c)) = dec(&frame(0x10, &connect_body(5, 0x42, &payload)), None) else {
             panic!("5.0 allows a password alone");
         };
         assert_eq!((c.username, c.password), (None, Some(b("pw"))));
@@ -1241,24 +1041,15 @@ pub(crate) mod tests {
                 // PUBLISH topic.
                 let mut publish = s(bad);
                 publish.extend_from_slice(props);
-                assert!(
-                    malformed(dec(&frame(0x30, &publish), Some(v))),
-                    "topic {bad:?}"
-                );
+                assert!(malformed(dec(&frame(0x30, &publish), Some(v))), "topic {bad:?}");
                 // SUBSCRIBE and UNSUBSCRIBE filters.
                 let mut sub = vec![0, 1];
                 sub.extend_from_slice(props);
                 sub.extend_from_slice(&s(bad));
                 let unsub = sub.clone();
                 sub.push(0);
-                assert!(
-                    malformed(dec(&frame(0x82, &sub), Some(v))),
-                    "filter {bad:?}"
-                );
-                assert!(
-                    malformed(dec(&frame(0xA2, &unsub), Some(v))),
-                    "filter {bad:?}"
-                );
+                assert!(malformed(dec(&frame(0x82, &sub), Some(v))), "filter {bad:?}");
+                assert!(malformed(dec(&frame(0xA2, &unsub), Some(v))), "filter {bad:?}");
             }
         }
         // The password and payloads are binary and may hold anything.
@@ -1280,10 +1071,7 @@ pub(crate) mod tests {
                     body.push(0);
                 }
                 let got = dec(&frame(0x30, &body), Some(v));
-                assert!(
-                    matches!(got, Err(DecodeError::TopicNameInvalid(_))),
-                    "{topic:?}"
-                );
+                assert!(matches!(got, Err(DecodeError::TopicNameInvalid(_))), "{topic:?}");
             }
         }
     }
@@ -1414,9 +1202,7 @@ pub(crate) mod tests {
     fn v5_acks_have_optional_reason_and_properties() {
         for first in [0x40u8, 0x50, 0x62, 0x70] {
             let ack = |bytes: &[u8]| match dec(&frame(first, bytes), Some(V5)) {
-                Ok(
-                    Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a),
-                ) => a,
+                Ok(Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a)) => a,
                 other => panic!("{other:?}"),
             };
             assert_eq!(ack(&[0, 9]), Ack::new(9, 0));
@@ -1424,11 +1210,7 @@ pub(crate) mod tests {
             assert_eq!(ack(&[0, 9, 0x10, 0]), Ack::new(9, 0x10));
             assert_eq!(
                 ack(&[0, 9, 0x80, 4, 0x1F, 0, 1, b'x']),
-                Ack {
-                    pkid: 9,
-                    reason: 0x80,
-                    properties: reason_string("x")
-                }
+                Ack { pkid: 9, reason: 0x80, properties: reason_string("x") }
             );
         }
         // 3.1.1 acks are exactly two bytes.
@@ -1439,24 +1221,15 @@ pub(crate) mod tests {
     fn v5_disconnect_and_auth_may_be_empty() {
         assert_eq!(
             dec(&frame(0xE0, &[]), Some(V5)),
-            Ok(Packet::Disconnect(Disconnect {
-                reason: 0,
-                properties: Properties::default()
-            }))
+            Ok(Packet::Disconnect(Disconnect { reason: 0, properties: Properties::default() }))
         );
         assert_eq!(
             dec(&frame(0xE0, &[0x04]), Some(V5)),
-            Ok(Packet::Disconnect(Disconnect {
-                reason: 4,
-                properties: Properties::default()
-            }))
+            Ok(Packet::Disconnect(Disconnect { reason: 4, properties: Properties::default() }))
         );
         assert_eq!(
             dec(&frame(0xF0, &[]), Some(V5)),
-            Ok(Packet::Auth(Auth {
-                reason: 0,
-                properties: Properties::default()
-            }))
+            Ok(Packet::Auth(Auth { reason: 0, properties: Properties::default() }))
         );
         // A property not allowed in DISCONNECT.
         assert!(protocol(dec(&frame(0xE0, &[0x00, 2, 0x23, 0]), Some(V5))));
@@ -1504,18 +1277,12 @@ pub(crate) mod tests {
             for p in samples(v) {
                 let bytes = encode(&p, v);
                 for cut in 0..bytes.len() {
-                    assert_eq!(
-                        check_frame(&bytes[..cut], usize::MAX),
-                        Ok(None),
-                        "{p:?} {cut}"
-                    );
+                    assert_eq!(check_frame(&bytes[..cut], usize::MAX), Ok(None), "{p:?} {cut}");
                 }
                 // Extra bytes after the frame (the next packet) are left alone.
                 let mut two = bytes.clone();
                 two.extend_from_slice(&bytes);
-                let f = check_frame(&two, usize::MAX)
-                    .expect("ok")
-                    .expect("complete");
+                let f = check_frame(&two, usize::MAX).expect("ok").expect("complete");
                 assert_eq!(f.total_len, bytes.len());
             }
         }
@@ -1526,33 +1293,15 @@ pub(crate) mod tests {
         // 268,435,455 remaining bytes announced; none of them present.
         assert_eq!(
             check_frame(&[0x30, 0xFF, 0xFF, 0xFF, 0x7F], 1 << 20),
-            Err(DecodeError::PacketTooLarge {
-                size: 268_435_460,
-                max: 1 << 20
-            })
+            Err(DecodeError::PacketTooLarge { size: 268_435_460, max: 1 << 20 })
         );
         // 200 remaining + 3 header bytes against a limit of 202.
-        assert_eq!(
-            check_frame(&[0x30, 0xC8, 0x01], 202),
-            Err(DecodeError::PacketTooLarge {
-                size: 203,
-                max: 202
-            })
-        );
+        assert_eq!(check_frame(&[0x30, 0xC8, 0x01], 202), Err(DecodeError::PacketTooLarge { size: 203, max: 202 }));
         assert_eq!(check_frame(&[0x30, 0xC8, 0x01], 203), Ok(None));
         // Exactly at the limit is fine.
         let ping = [0xC0, 0x00];
-        assert_eq!(
-            check_frame(&ping, 2),
-            Ok(Some(Frame {
-                header_len: 2,
-                total_len: 2
-            }))
-        );
-        assert!(matches!(
-            check_frame(&ping, 1),
-            Err(DecodeError::PacketTooLarge { .. })
-        ));
+        assert_eq!(check_frame(&ping, 2), Ok(Some(Frame { header_len: 2, total_len: 2 })));
+        assert!(matches!(check_frame(&ping, 1), Err(DecodeError::PacketTooLarge { .. })));
         let reason = DecodeError::PacketTooLarge { size: 3, max: 2 }.reason_code();
         assert_eq!(reason, reason::PACKET_TOO_LARGE);
     }
@@ -1564,16 +1313,10 @@ pub(crate) mod tests {
             check_frame(&[0x30, 0x80, 0x80, 0x80, 0x80, 0x01], usize::MAX),
             Err(DecodeError::Malformed(_))
         ));
-        assert!(matches!(
-            check_frame(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF], usize::MAX),
-            Err(DecodeError::Malformed(_))
-        ));
+        assert!(matches!(check_frame(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF], usize::MAX), Err(DecodeError::Malformed(_))));
         // Non-minimal encodings of 0 and of 1.
         for bad in [&[0xC0u8, 0x80, 0x00][..], &[0xC0, 0x81, 0x80, 0x00]] {
-            assert!(matches!(
-                check_frame(bad, usize::MAX),
-                Err(DecodeError::Malformed(_))
-            ));
+            assert!(matches!(check_frame(bad, usize::MAX), Err(DecodeError::Malformed(_))));
         }
         // Boundaries of each length.
         let cases: [(&[u8], usize); 8] = [
@@ -1595,15 +1338,9 @@ pub(crate) mod tests {
     fn decode_rejects_a_frame_that_is_not_exactly_one_packet() {
         let ping = Bytes::from_static(&[0xC0, 0x00, 0x00]);
         assert!(malformed(decode_packet(ping, Some(V5))));
-        assert!(malformed(decode_packet(
-            Bytes::from_static(&[0x40, 0x02, 0x00]),
-            Some(V5)
-        )));
+        assert!(malformed(decode_packet(Bytes::from_static(&[0x40, 0x02, 0x00]), Some(V5))));
         assert!(malformed(decode_packet(Bytes::new(), Some(V5))));
-        assert!(malformed(decode_packet(
-            Bytes::from_static(&[0x40]),
-            Some(V5)
-        )));
+        assert!(malformed(decode_packet(Bytes::from_static(&[0x40]), Some(V5))));
     }
 
     #[test]
@@ -1616,15 +1353,8 @@ pub(crate) mod tests {
         let Ok(Packet::Publish(got)) = decode_packet(bytes.clone(), Some(V5)) else {
             panic!("decodes");
         };
-        for part in [
-            &got.topic,
-            &got.payload,
-            got.properties.correlation_data.as_ref().expect("corr"),
-        ] {
-            assert!(
-                range.contains(&(part.as_ptr() as usize)),
-                "{part:?} was copied"
-            );
+        for part in [&got.topic, &got.payload, got.properties.correlation_data.as_ref().expect("corr")] {
+            assert!(range.contains(&(part.as_ptr() as usize)), "{part:?} was copied");
         }
     }
 
@@ -1697,10 +1427,8 @@ pub(crate) mod tests {
     #[test]
     fn random_and_mutated_input_never_panics() {
         let mut rng = Rng::new(0x5EED_1234_ABCD_0001);
-        let corpus: Vec<Vec<u8>> = BOTH
-            .iter()
-            .flat_map(|&v| samples(v).into_iter().map(move |p| encode(&p, v)))
-            .collect();
+        let corpus: Vec<Vec<u8>> =
+            BOTH.iter().flat_map(|&v| samples(v).into_iter().map(move |p| encode(&p, v))).collect();
         // Pure noise, with a plausible first byte half the time.
         for _ in 0..100_000 {
             let len = rng.below(48);
@@ -1722,10 +1450,7 @@ pub(crate) mod tests {
                 exercise(&data);
             } else {
                 // Mutate the body and re-frame it, so the decoder proper sees the damage.
-                let header = check_frame(base, usize::MAX)
-                    .expect("ok")
-                    .expect("frame")
-                    .header_len;
+                let header = check_frame(base, usize::MAX).expect("ok").expect("frame").header_len;
                 let mut body = base[header..].to_vec();
                 mutate(&mut rng, &mut body);
                 exercise(&frame(base[0], &body));

@@ -43,11 +43,7 @@ pub(crate) fn put_vbi(out: &mut BytesMut, mut value: usize) {
 }
 
 /// Writes Binary Data or a UTF-8 string: two-byte length, then the bytes.
-pub(crate) fn put_binary(
-    out: &mut BytesMut,
-    data: &[u8],
-    what: &'static str,
-) -> Result<(), EncodeError> {
+pub(crate) fn put_binary(out: &mut BytesMut, data: &[u8], what: &'static str) -> Result<(), EncodeError> {
     let len = u16::try_from(data.len()).map_err(|_| EncodeError::FieldTooLong(what))?;
     out.put_u16(len);
     out.put_slice(data);
@@ -79,11 +75,7 @@ pub fn publish_len(p: &Publish, version: ProtocolVersion) -> usize {
 /// Writes one PUBLISH. There is no size limit argument: the broker encodes a message once,
 /// then compares [`publish_len`] with each subscriber's Maximum Packet Size before sending
 /// these bytes to it.
-pub fn encode_publish(
-    p: &Publish,
-    version: ProtocolVersion,
-    out: &mut BytesMut,
-) -> Result<(), EncodeError> {
+pub fn encode_publish(p: &Publish, version: ProtocolVersion, out: &mut BytesMut) -> Result<(), EncodeError> {
     let remaining = publish_remaining(p, version);
     check_size(remaining, MAX_TOTAL_LEN)?;
     let start = out.len();
@@ -118,10 +110,7 @@ fn write_publish(
 fn check_size(remaining: usize, max: usize) -> Result<(), EncodeError> {
     let size = total_len(remaining);
     if remaining > MAX_REMAINING_LENGTH || size > max {
-        return Err(EncodeError::PacketTooLarge {
-            size,
-            max: max.min(MAX_TOTAL_LEN),
-        });
+        return Err(EncodeError::PacketTooLarge { size, max: max.min(MAX_TOTAL_LEN) });
     }
     Ok(())
 }
@@ -176,20 +165,13 @@ fn remaining_len(packet: &Packet, version: ProtocolVersion) -> Option<usize> {
         Packet::Connect(c) => connect_remaining(c),
         Packet::ConnAck(c) => 2 + props_block(&c.properties, v5),
         Packet::Publish(p) => publish_remaining(p, version),
-        Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
-            ack_remaining(a, version)
-        }
+        Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => ack_remaining(a, version),
         Packet::Subscribe(s) => {
-            2 + props_block(&s.properties, v5)
-                + s.filters
-                    .iter()
-                    .map(|f| 2 + f.filter.len() + 1)
-                    .sum::<usize>()
+            2 + props_block(&s.properties, v5) + s.filters.iter().map(|f| 2 + f.filter.len() + 1).sum::<usize>()
         }
         Packet::SubAck(s) => 2 + props_block(&s.properties, v5) + s.reasons.len(),
         Packet::Unsubscribe(u) => {
-            2 + props_block(&u.properties, v5)
-                + u.filters.iter().map(|f| 2 + f.len()).sum::<usize>()
+            2 + props_block(&u.properties, v5) + u.filters.iter().map(|f| 2 + f.len()).sum::<usize>()
         }
         Packet::UnsubAck(u) if v5 => 2 + properties_block_len(&u.properties) + u.reasons.len(),
         Packet::UnsubAck(_) => 2,
@@ -217,9 +199,8 @@ pub fn encode_packet(
     out: &mut BytesMut,
     max_packet_size: usize,
 ) -> Result<(), EncodeError> {
-    let remaining = remaining_len(packet, version).ok_or(EncodeError::NotInVersion(
-        "AUTH does not exist in MQTT 3.1.1",
-    ))?;
+    let remaining =
+        remaining_len(packet, version).ok_or(EncodeError::NotInVersion("AUTH does not exist in MQTT 3.1.1"))?;
     check_size(remaining, max_packet_size)?;
     if let Packet::Publish(p) = packet {
         return encode_publish(p, version, out);
@@ -251,9 +232,7 @@ fn write_packet(
     // refuse before writing the header.
     if let Packet::Connect(c) = packet {
         if !c.protocol.is_v5() && c.password.is_some() && c.username.is_none() {
-            return Err(EncodeError::NotInVersion(
-                "password without user name in 3.1.1",
-            ));
+            return Err(EncodeError::NotInVersion("password without user name in 3.1.1"));
         }
     }
     out.put_u8(packet.packet_type() << 4 | flags);
@@ -307,11 +286,7 @@ fn write_packet(
             } else {
                 for &code in &s.reasons {
                     // 3.1.1 knows only the granted QoS and one failure code.
-                    out.put_u8(if code <= 2 {
-                        code
-                    } else {
-                        reason::v311::SUBACK_FAILURE
-                    });
+                    out.put_u8(if code <= 2 { code } else { reason::v311::SUBACK_FAILURE });
                 }
             }
         }
@@ -332,8 +307,7 @@ fn write_packet(
             }
         }
         Packet::PingReq | Packet::PingResp => {}
-        Packet::Disconnect(Disconnect { reason, properties })
-        | Packet::Auth(Auth { reason, properties }) => {
+        Packet::Disconnect(Disconnect { reason, properties }) | Packet::Auth(Auth { reason, properties }) => {
             if remaining > 0 {
                 out.put_u8(*reason);
             }
@@ -421,45 +395,20 @@ mod tests {
     fn v5_acks_use_the_short_forms() {
         let pkid = 0x0102;
         assert_eq!(enc(&Packet::PubAck(Ack::new(pkid, 0)), V5), [0x40, 2, 1, 2]);
-        assert_eq!(
-            enc(&Packet::PubRec(Ack::new(pkid, 0x10)), V5),
-            [0x50, 3, 1, 2, 0x10]
-        );
+        assert_eq!(enc(&Packet::PubRec(Ack::new(pkid, 0x10)), V5), [0x50, 3, 1, 2, 0x10]);
         assert_eq!(enc(&Packet::PubRel(Ack::new(pkid, 0)), V5), [0x62, 2, 1, 2]);
-        assert_eq!(
-            enc(&Packet::PubComp(Ack::new(pkid, 0x92)), V5),
-            [0x70, 3, 1, 2, 0x92]
-        );
-        let with_props = Ack {
-            pkid,
-            reason: 0,
-            properties: Properties {
-                reason_string: Some(b("r")),
-                ..Properties::default()
-            },
-        };
-        assert_eq!(
-            enc(&Packet::PubAck(with_props), V5),
-            [0x40, 8, 1, 2, 0, 4, 0x1F, 0, 1, b'r']
-        );
+        assert_eq!(enc(&Packet::PubComp(Ack::new(pkid, 0x92)), V5), [0x70, 3, 1, 2, 0x92]);
+        let with_props =
+            Ack { pkid, reason: 0, properties: Properties { reason_string: Some(b("r")), ..Properties::default() } };
+        assert_eq!(enc(&Packet::PubAck(with_props), V5), [0x40, 8, 1, 2, 0, 4, 0x1F, 0, 1, b'r']);
     }
 
     #[test]
     fn v5_disconnect_and_auth_short_forms() {
-        let d = |reason| {
-            Packet::Disconnect(Disconnect {
-                reason,
-                properties: Properties::default(),
-            })
-        };
+        let d = |reason| Packet::Disconnect(Disconnect { reason, properties: Properties::default() });
         assert_eq!(enc(&d(0), V5), [0xE0, 0]);
         assert_eq!(enc(&d(0x8E), V5), [0xE0, 1, 0x8E]);
-        let a = |reason| {
-            Packet::Auth(Auth {
-                reason,
-                properties: Properties::default(),
-            })
-        };
+        let a = |reason| Packet::Auth(Auth { reason, properties: Properties::default() });
         assert_eq!(enc(&a(0), V5), [0xF0, 0]);
         // AUTH may only drop both fields, never the property length alone.
         assert_eq!(enc(&a(0x18), V5), [0xF0, 2, 0x18, 0]);
@@ -473,20 +422,8 @@ mod tests {
             ..Properties::default()
         };
         // CONNACK codes map to 3.1.1 return codes.
-        for (code, want) in [
-            (0x00, 0),
-            (0x84, 1),
-            (0x85, 2),
-            (0x88, 3),
-            (0x86, 4),
-            (0x87, 5),
-            (0x80, 3),
-        ] {
-            let p = Packet::ConnAck(ConnAck {
-                session_present: false,
-                code,
-                properties: props.clone(),
-            });
+        for (code, want) in [(0x00, 0), (0x84, 1), (0x85, 2), (0x88, 3), (0x86, 4), (0x87, 5), (0x80, 3)] {
+            let p = Packet::ConnAck(ConnAck { session_present: false, code, properties: props.clone() });
             assert_eq!(enc(&p, V311), [0x20, 2, 0, want], "{code:#x}");
         }
         // SUBACK failures collapse to 0x80.
@@ -495,45 +432,22 @@ mod tests {
             properties: props.clone(),
             reasons: vec![0, 1, 2, 0x80, 0x87, 0x8F, 0xA2],
         });
-        assert_eq!(
-            enc(&suback, V311),
-            [0x90, 9, 0, 1, 0, 1, 2, 0x80, 0x80, 0x80, 0x80]
-        );
+        assert_eq!(enc(&suback, V311), [0x90, 9, 0, 1, 0, 1, 2, 0x80, 0x80, 0x80, 0x80]);
         // UNSUBACK has no payload, acks are two bytes, DISCONNECT is empty.
-        let unsuback = Packet::UnsubAck(UnsubAck {
-            pkid: 1,
-            properties: props.clone(),
-            reasons: vec![0x11],
-        });
+        let unsuback = Packet::UnsubAck(UnsubAck { pkid: 1, properties: props.clone(), reasons: vec![0x11] });
         assert_eq!(enc(&unsuback, V311), [0xB0, 2, 0, 1]);
-        let ack = Ack {
-            pkid: 1,
-            reason: 0x80,
-            properties: props.clone(),
-        };
+        let ack = Ack { pkid: 1, reason: 0x80, properties: props.clone() };
         assert_eq!(enc(&Packet::PubAck(ack), V311), [0x40, 2, 0, 1]);
-        let disconnect = Packet::Disconnect(Disconnect {
-            reason: 0x8B,
-            properties: props.clone(),
-        });
+        let disconnect = Packet::Disconnect(Disconnect { reason: 0x8B, properties: props.clone() });
         assert_eq!(enc(&disconnect, V311), [0xE0, 0]);
         // PUBLISH without properties.
         let mut publish = Publish::new(b("t"), QoS::AtMostOnce, b("x"));
         publish.properties = props.clone();
-        assert_eq!(
-            enc(&Packet::Publish(publish), V311),
-            [0x30, 4, 0, 1, b't', b'x']
-        );
+        assert_eq!(enc(&Packet::Publish(publish), V311), [0x30, 4, 0, 1, b't', b'x']);
         // AUTH does not exist.
-        let auth = Packet::Auth(Auth {
-            reason: 0,
-            properties: Properties::default(),
-        });
+        let auth = Packet::Auth(Auth { reason: 0, properties: Properties::default() });
         let mut out = BytesMut::new();
-        assert!(matches!(
-            encode_packet(&auth, V311, &mut out, usize::MAX),
-            Err(EncodeError::NotInVersion(_))
-        ));
+        assert!(matches!(encode_packet(&auth, V311, &mut out, usize::MAX), Err(EncodeError::NotInVersion(_))));
         assert!(out.is_empty());
         assert_eq!(encoded_len(&auth, V311), 0);
     }
@@ -557,23 +471,8 @@ mod tests {
             password: Some(b("p")),
             properties: Properties::default(),
         };
-        let mut want = vec![
-            0x10,
-            26,
-            0,
-            4,
-            b'M',
-            b'Q',
-            b'T',
-            b'T',
-            4,
-            0b1111_0110,
-            0,
-            10,
-        ];
-        want.extend_from_slice(&[
-            0, 2, b'i', b'd', 0, 1, b'w', 0, 1, b'm', 0, 1, b'u', 0, 1, b'p',
-        ]);
+        let mut want = vec![0x10, 26, 0, 4, b'M', b'Q', b'T', b'T', 4, 0b1111_0110, 0, 10];
+        want.extend_from_slice(&[0, 2, b'i', b'd', 0, 1, b'w', 0, 1, b'm', 0, 1, b'u', 0, 1, b'p']);
         assert_eq!(enc(&Packet::Connect(c.clone()), V311), want);
         // A CONNECT is written in its own version, whatever the argument says.
         assert_eq!(enc(&Packet::Connect(c), V5), want);
@@ -621,35 +520,21 @@ mod tests {
 
     #[test]
     fn too_large_packets_are_refused_before_writing() {
-        let p = Packet::Publish(Publish::new(
-            b("t"),
-            QoS::AtMostOnce,
-            Bytes::from(vec![0; 100]),
-        ));
+        let p = Packet::Publish(Publish::new(b("t"), QoS::AtMostOnce, Bytes::from(vec![0; 100])));
         let len = encoded_len(&p, V5);
         assert_eq!(len, 2 + 2 + 1 + 1 + 100);
         let mut out = BytesMut::new();
         assert_eq!(
             encode_packet(&p, V5, &mut out, len - 1),
-            Err(EncodeError::PacketTooLarge {
-                size: len,
-                max: len - 1
-            })
+            Err(EncodeError::PacketTooLarge { size: len, max: len - 1 })
         );
         assert!(out.is_empty());
         encode_packet(&p, V5, &mut out, len).expect("exactly at the limit");
         assert_eq!(out.len(), len);
         // Bigger than any Remaining Length can express, whatever the limit.
-        let huge = Publish::new(
-            b("t"),
-            QoS::AtMostOnce,
-            Bytes::from(vec![0; MAX_REMAINING_LENGTH]),
-        );
+        let huge = Publish::new(b("t"), QoS::AtMostOnce, Bytes::from(vec![0; MAX_REMAINING_LENGTH]));
         let mut out = BytesMut::new();
-        assert!(matches!(
-            encode_publish(&huge, V311, &mut out),
-            Err(EncodeError::PacketTooLarge { .. })
-        ));
+        assert!(matches!(encode_publish(&huge, V311, &mut out), Err(EncodeError::PacketTooLarge { .. })));
         assert!(out.is_empty());
     }
 
@@ -658,48 +543,31 @@ mod tests {
         let long = Bytes::from(vec![b'a'; 65_536]);
         let mut out = BytesMut::from(&b"prev"[..]);
         let p = Publish::new(long.clone(), QoS::AtMostOnce, Bytes::new());
-        assert_eq!(
-            encode_publish(&p, V5, &mut out),
-            Err(EncodeError::FieldTooLong("topic name"))
-        );
+        assert_eq!(encode_publish(&p, V5, &mut out), Err(EncodeError::FieldTooLong("topic name")));
         let unsub = Packet::Unsubscribe(Unsubscribe {
             pkid: 1,
             properties: Properties::default(),
             filters: vec![b("ok"), long.clone()],
         });
-        assert!(matches!(
-            encode_packet(&unsub, V5, &mut out, usize::MAX),
-            Err(EncodeError::FieldTooLong(_))
-        ));
+        assert!(matches!(encode_packet(&unsub, V5, &mut out, usize::MAX), Err(EncodeError::FieldTooLong(_))));
         // Nothing of the failed packets is left behind.
         assert_eq!(&out[..], b"prev");
         // 65535 itself is fine.
-        let max = Publish::new(
-            Bytes::from(vec![b'a'; 65_535]),
-            QoS::AtMostOnce,
-            Bytes::new(),
-        );
+        let max = Publish::new(Bytes::from(vec![b'a'; 65_535]), QoS::AtMostOnce, Bytes::new());
         encode_publish(&max, V5, &mut out).expect("longest topic");
     }
 
     #[test]
     fn publish_len_matches_the_bytes_and_the_header() {
-        for size in [
-            0usize, 120, 121, 122, 16_370, 16_380, 16_390, 2_097_140, 2_097_160,
-        ] {
+        for size in [0usize, 120, 121, 122, 16_370, 16_380, 16_390, 2_097_140, 2_097_160] {
             for v in [V311, V5] {
                 let mut p = Publish::new(b("a/b"), QoS::AtLeastOnce, Bytes::from(vec![7; size]));
                 p.pkid = 1;
                 let mut out = BytesMut::new();
                 encode_publish(&p, v, &mut out).expect("encodes");
                 assert_eq!(out.len(), publish_len(&p, v));
-                assert_eq!(
-                    publish_len(&p, v),
-                    encoded_len(&Packet::Publish(p.clone()), v)
-                );
-                let frame = check_frame(&out, usize::MAX)
-                    .expect("ok")
-                    .expect("complete");
+                assert_eq!(publish_len(&p, v), encoded_len(&Packet::Publish(p.clone()), v));
+                let frame = check_frame(&out, usize::MAX).expect("ok").expect("complete");
                 assert_eq!(frame.total_len, out.len());
                 assert_eq!(decode_packet(out.freeze(), Some(v)), Ok(Packet::Publish(p)));
             }
@@ -716,8 +584,7 @@ mod tests {
             }
             let mut decoded = Vec::new();
             while let Some(f) = check_frame(&out, usize::MAX).expect("frames") {
-                decoded
-                    .push(decode_packet(out.split_to(f.total_len).freeze(), Some(v)).expect("ok"));
+                decoded.push(decode_packet(out.split_to(f.total_len).freeze(), Some(v)).expect("ok"));
             }
             assert!(out.is_empty());
             assert_eq!(decoded, packets);

@@ -162,15 +162,7 @@ pub struct Publish {
 
 impl Publish {
     pub fn new(topic: Bytes, qos: QoS, payload: Bytes) -> Publish {
-        Publish {
-            dup: false,
-            qos,
-            retain: false,
-            topic,
-            pkid: 0,
-            properties: Properties::default(),
-            payload,
-        }
+        Publish { dup: false, qos, retain: false, topic, pkid: 0, properties: Properties::default(), payload }
     }
 }
 

@@ -124,23 +124,13 @@ impl PropertyKind {
                 WILL_DELAY_INTERVAL,
                 USER_PROPERTY,
             ]),
-            PropertyKind::Ack | PropertyKind::SubAck | PropertyKind::UnsubAck => {
-                mask(&[REASON_STRING, USER_PROPERTY])
-            }
+            PropertyKind::Ack | PropertyKind::SubAck | PropertyKind::UnsubAck => mask(&[REASON_STRING, USER_PROPERTY]),
             PropertyKind::Subscribe => mask(&[SUBSCRIPTION_IDENTIFIER, USER_PROPERTY]),
             PropertyKind::Unsubscribe => mask(&[USER_PROPERTY]),
-            PropertyKind::Disconnect => mask(&[
-                SESSION_EXPIRY_INTERVAL,
-                SERVER_REFERENCE,
-                REASON_STRING,
-                USER_PROPERTY,
-            ]),
-            PropertyKind::Auth => mask(&[
-                AUTHENTICATION_METHOD,
-                AUTHENTICATION_DATA,
-                REASON_STRING,
-                USER_PROPERTY,
-            ]),
+            PropertyKind::Disconnect => {
+                mask(&[SESSION_EXPIRY_INTERVAL, SERVER_REFERENCE, REASON_STRING, USER_PROPERTY])
+            }
+            PropertyKind::Auth => mask(&[AUTHENTICATION_METHOD, AUTHENTICATION_DATA, REASON_STRING, USER_PROPERTY]),
         }
     }
 
@@ -150,10 +140,7 @@ impl PropertyKind {
 }
 
 /// Reads a Property Length and the properties it covers, validating them for `kind`.
-pub(crate) fn decode_properties(
-    r: &mut Reader,
-    kind: PropertyKind,
-) -> Result<Properties, DecodeError> {
+pub(crate) fn decode_properties(r: &mut Reader, kind: PropertyKind) -> Result<Properties, DecodeError> {
     let len = r.vbi("truncated property length")?;
     let mut pr = r.sub(len as usize, "property length runs past the packet")?;
     let mut p = Properties::default();
@@ -166,8 +153,7 @@ pub(crate) fn decode_properties(
         // `allows` guarantees id < 64, so the shift and the narrowing are exact.
         let bit = 1u64 << id;
         let id = id as u8;
-        let repeatable =
-            id == USER_PROPERTY || (id == SUBSCRIPTION_IDENTIFIER && kind == PropertyKind::Publish);
+        let repeatable = id == USER_PROPERTY || (id == SUBSCRIPTION_IDENTIFIER && kind == PropertyKind::Publish);
         if !repeatable {
             if seen & bit != 0 {
                 return Err(DecodeError::Protocol("property appears more than once"));
@@ -178,9 +164,7 @@ pub(crate) fn decode_properties(
     }
     // Spec 3.1.2.11.10 / 3.2.2.3.18 / 3.15.2.2.3: data without a method means nothing.
     if p.authentication_data.is_some() && p.authentication_method.is_none() {
-        return Err(DecodeError::Protocol(
-            "authentication data without authentication method",
-        ));
+        return Err(DecodeError::Protocol("authentication data without authentication method"));
     }
     Ok(p)
 }
@@ -203,18 +187,14 @@ fn nonzero_u16(pr: &mut Reader, what: &'static str) -> Result<u16, DecodeError> 
 
 fn read_one(pr: &mut Reader, id: u8, p: &mut Properties) -> Result<(), DecodeError> {
     match id {
-        PAYLOAD_FORMAT_INDICATOR => {
-            p.payload_format_indicator = Some(flag(pr, "payload format indicator not 0 or 1")?)
-        }
+        PAYLOAD_FORMAT_INDICATOR => p.payload_format_indicator = Some(flag(pr, "payload format indicator not 0 or 1")?),
         MESSAGE_EXPIRY_INTERVAL => p.message_expiry_interval = Some(pr.u32(TRUNCATED)?),
         CONTENT_TYPE => p.content_type = Some(pr.string(TRUNCATED)?),
         RESPONSE_TOPIC => {
             let topic = pr.string(TRUNCATED)?;
             // [MQTT-3.3.2-14]: the reply is published to it, so it must be a topic name.
             if validate_topic_name(&topic).is_err() {
-                return Err(DecodeError::Protocol(
-                    "response topic is not a valid topic name",
-                ));
+                return Err(DecodeError::Protocol("response topic is not a valid topic name"));
             }
             p.response_topic = Some(topic);
         }
@@ -222,9 +202,7 @@ fn read_one(pr: &mut Reader, id: u8, p: &mut Properties) -> Result<(), DecodeErr
         SUBSCRIPTION_IDENTIFIER => {
             let v = pr.vbi(TRUNCATED)?;
             if v == 0 || v > MAX_SUBSCRIPTION_ID {
-                return Err(DecodeError::Protocol(
-                    "subscription identifier out of range",
-                ));
+                return Err(DecodeError::Protocol("subscription identifier out of range"));
             }
             p.subscription_identifiers.push(v);
         }
@@ -234,13 +212,11 @@ fn read_one(pr: &mut Reader, id: u8, p: &mut Properties) -> Result<(), DecodeErr
         AUTHENTICATION_METHOD => p.authentication_method = Some(pr.string(TRUNCATED)?),
         AUTHENTICATION_DATA => p.authentication_data = Some(pr.binary(TRUNCATED)?),
         REQUEST_PROBLEM_INFORMATION => {
-            p.request_problem_information =
-                Some(flag(pr, "request problem information not 0 or 1")?)
+            p.request_problem_information = Some(flag(pr, "request problem information not 0 or 1")?)
         }
         WILL_DELAY_INTERVAL => p.will_delay_interval = Some(pr.u32(TRUNCATED)?),
         REQUEST_RESPONSE_INFORMATION => {
-            p.request_response_information =
-                Some(flag(pr, "request response information not 0 or 1")?)
+            p.request_response_information = Some(flag(pr, "request response information not 0 or 1")?)
         }
         RESPONSE_INFORMATION => p.response_information = Some(pr.string(TRUNCATED)?),
         SERVER_REFERENCE => p.server_reference = Some(pr.string(TRUNCATED)?),
@@ -260,16 +236,13 @@ fn read_one(pr: &mut Reader, id: u8, p: &mut Properties) -> Result<(), DecodeErr
             v => p.maximum_packet_size = Some(v),
         },
         WILDCARD_SUBSCRIPTION_AVAILABLE => {
-            p.wildcard_subscription_available =
-                Some(flag(pr, "wildcard subscription available not 0 or 1")?)
+            p.wildcard_subscription_available = Some(flag(pr, "wildcard subscription available not 0 or 1")?)
         }
         SUBSCRIPTION_IDENTIFIERS_AVAILABLE => {
-            p.subscription_identifiers_available =
-                Some(flag(pr, "subscription identifiers available not 0 or 1")?)
+            p.subscription_identifiers_available = Some(flag(pr, "subscription identifiers available not 0 or 1")?)
         }
         SHARED_SUBSCRIPTION_AVAILABLE => {
-            p.shared_subscription_available =
-                Some(flag(pr, "shared subscription available not 0 or 1")?)
+            p.shared_subscription_available = Some(flag(pr, "shared subscription available not 0 or 1")?)
         }
         // Unreachable while the masks only name the ids above; kept as an error, not a panic.
         _ => return Err(DecodeError::Protocol("unknown property identifier")),
@@ -420,9 +393,7 @@ pub(crate) fn encode_properties(p: &Properties, out: &mut BytesMut) -> Result<()
             Value::U32(n) => out.put_u32(n),
             Value::Vbi(n) => {
                 if n == 0 || n > MAX_SUBSCRIPTION_ID {
-                    return Err(EncodeError::FieldTooLong(
-                        "subscription identifier out of range",
-                    ));
+                    return Err(EncodeError::FieldTooLong("subscription identifier out of range"));
                 }
                 put_vbi(out, n as usize);
             }
@@ -495,11 +466,7 @@ mod tests {
     fn restricted(p: &Properties, kind: PropertyKind) -> Properties {
         let a = |id: u8| kind.allows(u32::from(id));
         let keep = |id: u8, v: &Option<Bytes>| if a(id) { v.clone() } else { None };
-        let mut sub = if a(SUBSCRIPTION_IDENTIFIER) {
-            p.subscription_identifiers.clone()
-        } else {
-            Vec::new()
-        };
+        let mut sub = if a(SUBSCRIPTION_IDENTIFIER) { p.subscription_identifiers.clone() } else { Vec::new() };
         if kind != PropertyKind::Publish {
             sub.truncate(1);
         }
@@ -529,9 +496,7 @@ mod tests {
             user_properties: p.user_properties.clone(),
             maximum_packet_size: p.maximum_packet_size.filter(|_| a(0x27)),
             wildcard_subscription_available: p.wildcard_subscription_available.filter(|_| a(0x28)),
-            subscription_identifiers_available: p
-                .subscription_identifiers_available
-                .filter(|_| a(0x29)),
+            subscription_identifiers_available: p.subscription_identifiers_available.filter(|_| a(0x29)),
             shared_subscription_available: p.shared_subscription_available.filter(|_| a(0x2A)),
         };
         if out.authentication_method.is_none() {
@@ -572,10 +537,7 @@ mod tests {
         encode_properties(&Properties::default(), &mut out).expect("encode");
         assert_eq!(&out[..], &[0]);
         assert_eq!(properties_len(&Properties::default()), 0);
-        assert_eq!(
-            decode(&[0], PropertyKind::Publish),
-            Ok(Properties::default())
-        );
+        assert_eq!(decode(&[0], PropertyKind::Publish), Ok(Properties::default()));
     }
 
     #[test]
@@ -588,10 +550,7 @@ mod tests {
         };
         let mut out = BytesMut::new();
         encode_properties(&p, &mut out).expect("encode");
-        assert_eq!(
-            &out[..],
-            &[12, 0x01, 0, 0x23, 0, 1, 0x26, 0, 1, b'a', 0, 1, b'b']
-        );
+        assert_eq!(&out[..], &[12, 0x01, 0, 0x23, 0, 1, 0x26, 0, 1, b'a', 0, 1, b'b']);
     }
 
     #[test]
@@ -606,26 +565,17 @@ mod tests {
             (&[0x11, 0, 0, 0, 1], PropertyKind::Ack),
         ];
         for (props, kind) in cases {
-            assert!(
-                matches!(decode(&block(props), kind), Err(DecodeError::Protocol(_))),
-                "{props:?} in {kind:?}"
-            );
+            assert!(matches!(decode(&block(props), kind), Err(DecodeError::Protocol(_))), "{props:?} in {kind:?}");
         }
     }
 
     #[test]
     fn unknown_property_identifiers_are_rejected() {
         for id in [0u8, 0x04, 0x2B, 0x7F] {
-            assert!(matches!(
-                decode(&block(&[id, 0]), PropertyKind::ConnAck),
-                Err(DecodeError::Protocol(_))
-            ));
+            assert!(matches!(decode(&block(&[id, 0]), PropertyKind::ConnAck), Err(DecodeError::Protocol(_))));
         }
         // A two-byte identifier is still read as a VBI and then rejected.
-        assert!(matches!(
-            decode(&block(&[0x81, 0x01, 0]), PropertyKind::ConnAck),
-            Err(DecodeError::Protocol(_))
-        ));
+        assert!(matches!(decode(&block(&[0x81, 0x01, 0]), PropertyKind::ConnAck), Err(DecodeError::Protocol(_))));
     }
 
     #[test]
@@ -637,10 +587,7 @@ mod tests {
             (&[0x15, 0, 1, b'm', 0x15, 0, 1, b'm'], PropertyKind::Auth),
         ];
         for (props, kind) in dup {
-            assert!(
-                matches!(decode(&block(props), *kind), Err(DecodeError::Protocol(_))),
-                "{props:?}"
-            );
+            assert!(matches!(decode(&block(props), *kind), Err(DecodeError::Protocol(_))), "{props:?}");
         }
     }
 
@@ -658,10 +605,7 @@ mod tests {
         let props = block(&[0x0B, 1, 0x0B, 0x80, 0x01]);
         let p = decode(&props, PropertyKind::Publish).expect("publish");
         assert_eq!(p.subscription_identifiers, vec![1, 128]);
-        assert!(matches!(
-            decode(&props, PropertyKind::Subscribe),
-            Err(DecodeError::Protocol(_))
-        ));
+        assert!(matches!(decode(&props, PropertyKind::Subscribe), Err(DecodeError::Protocol(_))));
         let one = decode(&block(&[0x0B, 5]), PropertyKind::Subscribe).expect("subscribe");
         assert_eq!(one.subscription_identifiers, vec![5]);
     }
@@ -669,10 +613,10 @@ mod tests {
     #[test]
     fn out_of_range_values_are_protocol_errors() {
         let bad: &[(&[u8], PropertyKind)] = &[
-            (&[0x21, 0, 0], PropertyKind::Connect), // receive maximum 0
+            (&[0x21, 0, 0], PropertyKind::Connect),       // receive maximum 0
             (&[0x27, 0, 0, 0, 0], PropertyKind::ConnAck), // maximum packet size 0
-            (&[0x23, 0, 0], PropertyKind::Publish), // topic alias 0
-            (&[0x0B, 0], PropertyKind::Publish),    // subscription identifier 0
+            (&[0x23, 0, 0], PropertyKind::Publish),       // topic alias 0
+            (&[0x0B, 0], PropertyKind::Publish),          // subscription identifier 0
             (&[0x0B, 0], PropertyKind::Subscribe),
             (&[0x01, 2], PropertyKind::Will),
             (&[0x17, 2], PropertyKind::Connect),
@@ -686,10 +630,7 @@ mod tests {
             (&[0x16, 0, 1, 1], PropertyKind::Connect),                // auth data without method
         ];
         for (props, kind) in bad {
-            assert!(
-                matches!(decode(&block(props), *kind), Err(DecodeError::Protocol(_))),
-                "{props:?} in {kind:?}"
-            );
+            assert!(matches!(decode(&block(props), *kind), Err(DecodeError::Protocol(_))), "{props:?} in {kind:?}");
         }
         // The edges that are allowed.
         let ok: &[(&[u8], PropertyKind)] = &[
@@ -699,67 +640,40 @@ mod tests {
             (&[0x13, 0, 0], PropertyKind::ConnAck),
         ];
         for (props, kind) in ok {
-            assert!(
-                decode(&block(props), *kind).is_ok(),
-                "{props:?} in {kind:?}"
-            );
+            assert!(decode(&block(props), *kind).is_ok(), "{props:?} in {kind:?}");
         }
     }
 
     #[test]
     fn lengths_running_past_their_bounds_are_malformed() {
-        let malformed =
-            |bytes: &[u8], kind| matches!(decode(bytes, kind), Err(DecodeError::Malformed(_)));
+        let malformed = |bytes: &[u8], kind| matches!(decode(bytes, kind), Err(DecodeError::Malformed(_)));
         // Property Length larger than what follows.
         assert!(malformed(&[5, 0x01, 1], PropertyKind::Publish));
         // A value crossing the end of the property section, with packet bytes after it.
         let mut r = Reader::new(Bytes::from_static(&[2, 0x02, 0, 0, 0, 0]));
-        assert!(matches!(
-            decode_properties(&mut r, PropertyKind::Publish),
-            Err(DecodeError::Malformed(_))
-        ));
+        assert!(matches!(decode_properties(&mut r, PropertyKind::Publish), Err(DecodeError::Malformed(_))));
         // String length beyond the section.
-        assert!(malformed(
-            &block(&[0x03, 0, 9, b'a']),
-            PropertyKind::Publish
-        ));
+        assert!(malformed(&block(&[0x03, 0, 9, b'a']), PropertyKind::Publish));
         // Truncated Property Length VBI.
         assert!(malformed(&[0x80], PropertyKind::Publish));
         // Truncated identifier VBI inside the section.
         assert!(malformed(&block(&[0x80]), PropertyKind::Publish));
         // Subscription identifier VBI truncated / over 4 bytes.
         assert!(malformed(&block(&[0x0B, 0x80]), PropertyKind::Publish));
-        assert!(malformed(
-            &block(&[0x0B, 0x80, 0x80, 0x80, 0x80, 0x01]),
-            PropertyKind::Publish
-        ));
+        assert!(malformed(&block(&[0x0B, 0x80, 0x80, 0x80, 0x80, 0x01]), PropertyKind::Publish));
     }
 
     #[test]
     fn string_properties_must_be_valid_utf8_without_nul() {
         // [MQTT-1.5.4-1] ill-formed UTF-8 (a lone surrogate, an overlong form) and
         // [MQTT-1.5.4-2] U+0000, in a plain string and in a user property.
-        for bad in [
-            &[0xED, 0xA0, 0x80][..],
-            &[0xC0, 0x80],
-            &[b'a', 0, b'b'],
-            &[0xFF],
-        ] {
+        for bad in [&[0xED, 0xA0, 0x80][..], &[0xC0, 0x80], &[b'a', 0, b'b'], &[0xFF]] {
             let mut props = vec![0x1F, 0, bad.len() as u8];
             props.extend_from_slice(bad);
-            assert!(
-                matches!(
-                    decode(&block(&props), PropertyKind::Ack),
-                    Err(DecodeError::Malformed(_))
-                ),
-                "{bad:?}"
-            );
+            assert!(matches!(decode(&block(&props), PropertyKind::Ack), Err(DecodeError::Malformed(_))), "{bad:?}");
             let mut up = vec![0x26, 0, 1, b'k', 0, bad.len() as u8];
             up.extend_from_slice(bad);
-            assert!(matches!(
-                decode(&block(&up), PropertyKind::Ack),
-                Err(DecodeError::Malformed(_))
-            ));
+            assert!(matches!(decode(&block(&up), PropertyKind::Ack), Err(DecodeError::Malformed(_))));
         }
         // Binary properties carry anything.
         let p = decode(&block(&[0x09, 0, 2, 0, 0xFF]), PropertyKind::Publish).expect("binary");
@@ -778,23 +692,11 @@ mod tests {
 
     #[test]
     fn encoder_refuses_what_the_wire_cannot_hold() {
-        let long = Properties {
-            reason_string: Some(Bytes::from(vec![b'a'; 65536])),
-            ..Properties::default()
-        };
-        assert!(matches!(
-            encode_properties(&long, &mut BytesMut::new()),
-            Err(EncodeError::FieldTooLong(_))
-        ));
+        let long = Properties { reason_string: Some(Bytes::from(vec![b'a'; 65536])), ..Properties::default() };
+        assert!(matches!(encode_properties(&long, &mut BytesMut::new()), Err(EncodeError::FieldTooLong(_))));
         for id in [0, MAX_SUBSCRIPTION_ID + 1] {
-            let p = Properties {
-                subscription_identifiers: vec![id],
-                ..Properties::default()
-            };
-            assert!(matches!(
-                encode_properties(&p, &mut BytesMut::new()),
-                Err(EncodeError::FieldTooLong(_))
-            ));
+            let p = Properties { subscription_identifiers: vec![id], ..Properties::default() };
+            assert!(matches!(encode_properties(&p, &mut BytesMut::new()), Err(EncodeError::FieldTooLong(_))));
         }
     }
 }
