@@ -1202,3 +1202,7 @@ impl Core {
 fn will_delay(w: &Will) -> u32 {
     w.properties.will_delay_interval.unwrap_or(0)
 }
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;

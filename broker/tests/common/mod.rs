@@ -498,9 +498,11 @@ impl Client4 {
                 break pkid;
             }
         };
+        if qos == rumqttc::QoS::AtMostOnce {
+            return;
+        }
         loop {
             match (qos, self.poll("PUBLISH acknowledgement").await) {
-                (rumqttc::QoS::AtMostOnce, _) => return,
                 (
                     rumqttc::QoS::AtLeastOnce,
                     rumqttc::Event::Incoming(rumqttc::Packet::PubAck(a)),
@@ -708,9 +710,11 @@ impl Client5 {
                 break pkid;
             }
         };
+        if qos == QoS5::AtMostOnce {
+            return;
+        }
         loop {
             match (qos, self.poll("PUBLISH acknowledgement").await) {
-                (QoS5::AtMostOnce, _) => return,
                 (QoS5::AtLeastOnce, Event::Incoming(Packet::PubAck(a))) if a.pkid == pkid => return,
                 (QoS5::ExactlyOnce, Event::Incoming(Packet::PubComp(a))) if a.pkid == pkid => {
                     return

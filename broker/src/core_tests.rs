@@ -1,0 +1,447 @@
+//! Scenario tests of the sans-IO core: several [`Core`]s wired together in memory, driven
+//! with an injected clock, so that timer behaviour (keep-alive, will delay, session
+//! expiry, message expiry) is tested without sleeping.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::{Action, Core};
+use crate::codec::{
+    self, reason, Ack, Connect, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe,
+    SubscribeFilter, SubscriptionOptions, Will,
+};
+use crate::config::Config;
+use crate::registry::Registry;
+use crate::session::ConnId;
+
+struct Cluster {
+    cores: Vec<Core>,
+    inbox: HashMap<(usize, ConnId), BytesMut>,
+    versions: HashMap<(usize, ConnId), ProtocolVersion>,
+    closed: HashSet<(usize, ConnId)>,
+    now: Instant,
+}
+
+type Client = (usize, ConnId);
+
+impl Cluster {
+    fn new(n: usize) -> Cluster {
+        Cluster::with_config(n, Config::default())
+    }
+
+    fn with_config(n: usize, config: Config) -> Cluster {
+        let config = Arc::new(config);
+        let registry = Arc::new(Registry::new());
+        let cores = (0..n).map(|i| Core::new(i, n, Arc::clone(&config), Arc::clone(&registry), 7)).collect();
+        Cluster { cores, inbox: HashMap::new(), versions: HashMap::new(), closed: HashSet::new(), now: Instant::now() }
+    }
+
+    /// Runs every action until the system is quiet, as the driver would.
+    fn settle(&mut self) {
+        loop {
+            let mut any = false;
+            for i in 0..self.cores.len() {
+                let mut actions = Vec::new();
+                self.cores[i].take_actions(&mut actions);
+                for a in actions {
+                    any = true;
+                    match a {
+                        Action::Write(c, b) => self.inbox.entry((i, c)).or_default().extend_from_slice(&b),
+                        Action::Close(c) => {
+                            self.closed.insert((i, c));
+                        }
+                        Action::Send(to, msg) => self.cores[to].on_message(msg, self.now),
+                    }
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        // Tick in small steps, as the driver's ticker does.
+        let end = self.now + d;
+        while self.now < end {
+            self.now = (self.now + Duration::from_millis(100)).min(end);
+            for c in &mut self.cores {
+                c.on_tick(self.now);
+            }
+            self.settle();
+        }
+    }
+
+    fn send(&mut self, client: Client, packet: Packet) {
+        let version = self.versions.get(&client).copied().unwrap_or(ProtocolVersion::V5);
+        let mut buf = BytesMut::new();
+        codec::encode_packet(&packet, version, &mut buf, usize::MAX).expect("encode");
+        self.cores[client.0].on_bytes(client.1, &mut buf, self.now);
+        self.settle();
+    }
+
+    fn open(&mut self, core: usize, connect: Connect) -> Client {
+        let id = self.cores[core].on_accept(self.now);
+        let client = (core, id);
+        self.versions.insert(client, connect.protocol);
+        self.send(client, Packet::Connect(connect));
+        client
+    }
+
+    fn recv(&mut self, client: Client) -> Vec<Packet> {
+        let version = self.versions[&client];
+        let buf = self.inbox.entry(client).or_default();
+        let mut out = Vec::new();
+        while let Some(frame) = codec::check_frame(buf, usize::MAX).expect("frame") {
+            let bytes = buf.split_to(frame.total_len).freeze();
+            out.push(codec::decode_packet(bytes, Some(version)).expect("decode"));
+        }
+        out
+    }
+
+    fn drop_socket(&mut self, client: Client) {
+        self.cores[client.0].on_closed(client.1, self.now);
+        self.settle();
+    }
+
+    fn is_closed(&self, client: Client) -> bool {
+        self.closed.contains(&client)
+    }
+
+    fn subscribe(&mut self, client: Client, filter: &'static str, qos: QoS) {
+        let s = Subscribe {
+            pkid: 1,
+            properties: Properties::default(),
+            filters: vec![SubscribeFilter {
+                filter: Bytes::from_static(filter.as_bytes()),
+                options: SubscriptionOptions { qos, ..Default::default() },
+            }],
+        };
+        self.send(client, Packet::Subscribe(s));
+        let got = self.recv(client);
+        assert!(matches!(got.as_slice(), [Packet::SubAck(_)]), "{got:?}");
+    }
+
+    fn publish(&mut self, client: Client, topic: &'static str, payload: &'static str, qos: QoS, pkid: u16) {
+        let mut p = Publish::new(Bytes::from_static(topic.as_bytes()), qos, Bytes::from_static(payload.as_bytes()));
+        p.pkid = pkid;
+        self.send(client, Packet::Publish(p));
+    }
+}
+
+fn connect(id: &'static str, version: ProtocolVersion) -> Connect {
+    Connect {
+        protocol: version,
+        clean_start: true,
+        keep_alive: 0,
+        client_id: Bytes::from_static(id.as_bytes()),
+        will: None,
+        username: None,
+        password: None,
+        properties: Properties::default(),
+    }
+}
+
+fn persistent(id: &'static str, expiry: u32) -> Connect {
+    let mut c = connect(id, ProtocolVersion::V5);
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(expiry);
+    c
+}
+
+fn with_will(mut c: Connect, topic: &'static str, delay: Option<u32>) -> Connect {
+    let mut properties = Properties::default();
+    properties.will_delay_interval = delay;
+    c.will = Some(Will {
+        topic: Bytes::from_static(topic.as_bytes()),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties,
+    });
+    c
+}
+
+fn connack(packets: &[Packet]) -> &codec::ConnAck {
+    match packets.first() {
+        Some(Packet::ConnAck(a)) => a,
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+fn publishes(packets: &[Packet]) -> Vec<&Publish> {
+    packets
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some(p),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn keep_alive_closes_after_one_and_a_half_intervals() {
+    // [MQTT-3.1.2-24]: disconnect after 1.5 times the keep alive without a packet.
+    let mut c = Cluster::new(2);
+    let mut conn = connect("ka", ProtocolVersion::V5);
+    conn.keep_alive = 10;
+    let client = c.open(0, conn);
+    assert_eq!(connack(&c.recv(client)).code, reason::SUCCESS);
+    c.advance(Duration::from_secs(9));
+    c.send(client, Packet::PingReq);
+    assert_eq!(c.recv(client), vec![Packet::PingResp]);
+    c.advance(Duration::from_millis(14_800));
+    assert!(!c.is_closed(client), "still inside 1.5 x keep alive after the PINGREQ");
+    c.advance(Duration::from_millis(400));
+    assert!(c.is_closed(client));
+    let got = c.recv(client);
+    assert!(matches!(got.as_slice(), [Packet::Disconnect(d)] if d.reason == reason::KEEP_ALIVE_TIMEOUT), "{got:?}");
+}
+
+#[test]
+fn server_keep_alive_caps_the_clients_request() {
+    let mut config = Config::default();
+    config.max_keep_alive = 30;
+    let mut c = Cluster::with_config(1, config);
+    let mut conn = connect("cap", ProtocolVersion::V5);
+    conn.keep_alive = 600;
+    let client = c.open(0, conn);
+    assert_eq!(connack(&c.recv(client)).properties.server_keep_alive, Some(30));
+    c.advance(Duration::from_secs(46));
+    assert!(c.is_closed(client), "the capped keep alive (30 s x 1.5) applies");
+}
+
+#[test]
+fn delayed_will_is_sent_when_the_delay_passes() {
+    let mut c = Cluster::new(2);
+    let watcher = c.open(1, connect("watcher", ProtocolVersion::V5));
+    c.recv(watcher);
+    c.subscribe(watcher, "wills/#", QoS::AtLeastOnce);
+    let dying = c.open(0, with_will(persistent("dying", 100), "wills/dying", Some(5)));
+    c.recv(dying);
+    c.drop_socket(dying);
+    c.advance(Duration::from_millis(4_900));
+    assert!(publishes(&c.recv(watcher)).is_empty(), "will delay not yet over");
+    c.advance(Duration::from_millis(200));
+    let got = c.recv(watcher);
+    let wills = publishes(&got);
+    assert_eq!(wills.len(), 1);
+    assert_eq!(&wills[0].topic[..], b"wills/dying");
+}
+
+#[test]
+fn will_is_sent_at_session_end_when_that_comes_before_the_delay() {
+    // Spec 3.1.3.2.2: the will is sent when the delay passes or the session ends,
+    // whichever is first.
+    let mut c = Cluster::new(2);
+    let watcher = c.open(0, connect("watcher", ProtocolVersion::V5));
+    c.recv(watcher);
+    c.subscribe(watcher, "wills/+", QoS::AtMostOnce);
+    let dying = c.open(1, with_will(persistent("dying", 3), "wills/dying", Some(100)));
+    c.recv(dying);
+    c.drop_socket(dying);
+    c.advance(Duration::from_millis(2_900));
+    assert!(publishes(&c.recv(watcher)).is_empty());
+    c.advance(Duration::from_millis(200));
+    assert_eq!(publishes(&c.recv(watcher)).len(), 1);
+}
+
+#[test]
+fn reconnecting_within_the_will_delay_cancels_the_will() {
+    // [MQTT-3.1.3-9]
+    let mut c = Cluster::new(2);
+    let watcher = c.open(0, connect("watcher", ProtocolVersion::V5));
+    c.recv(watcher);
+    c.subscribe(watcher, "wills/+", QoS::AtMostOnce);
+    let first = c.open(1, with_will(persistent("flaky", 100), "wills/flaky", Some(5)));
+    c.recv(first);
+    c.drop_socket(first);
+    c.advance(Duration::from_secs(2));
+    let again = c.open(0, persistent("flaky", 100));
+    assert!(connack(&c.recv(again)).session_present);
+    c.advance(Duration::from_secs(10));
+    assert!(publishes(&c.recv(watcher)).is_empty(), "no will after the client came back");
+}
+
+#[test]
+fn normal_disconnect_discards_the_will_and_0x04_sends_it() {
+    let mut c = Cluster::new(2);
+    let watcher = c.open(0, connect("watcher", ProtocolVersion::V5));
+    c.recv(watcher);
+    c.subscribe(watcher, "wills/+", QoS::AtMostOnce);
+    let polite = c.open(1, with_will(connect("polite", ProtocolVersion::V5), "wills/polite", None));
+    c.recv(polite);
+    c.send(
+        polite,
+        Packet::Disconnect(Disconnect { reason: reason::NORMAL_DISCONNECTION, properties: Properties::default() }),
+    );
+    // [MQTT-3.1.2-10]
+    assert!(publishes(&c.recv(watcher)).is_empty());
+    let asks = c.open(1, with_will(connect("asks", ProtocolVersion::V5), "wills/asks", None));
+    c.recv(asks);
+    c.send(
+        asks,
+        Packet::Disconnect(Disconnect {
+            reason: reason::DISCONNECT_WITH_WILL_MESSAGE,
+            properties: Properties::default(),
+        }),
+    );
+    let got = c.recv(watcher);
+    assert_eq!(publishes(&got).len(), 1);
+}
+
+#[test]
+fn session_expires_after_its_interval() {
+    let mut c = Cluster::new(2);
+    let a = c.open(0, persistent("exp", 2));
+    assert!(!connack(&c.recv(a)).session_present);
+    c.subscribe(a, "t", QoS::AtLeastOnce);
+    c.drop_socket(a);
+    c.advance(Duration::from_secs(1));
+    let b = c.open(1, persistent("exp", 2));
+    assert!(connack(&c.recv(b)).session_present, "resumed within the expiry interval");
+    c.drop_socket(b);
+    c.advance(Duration::from_millis(2_100));
+    let d = c.open(0, persistent("exp", 2));
+    assert!(!connack(&c.recv(d)).session_present, "expired");
+}
+
+#[test]
+fn offline_queue_keeps_qos1_and_drops_expired_messages() {
+    let mut c = Cluster::new(2);
+    let sub = c.open(0, persistent("sub", 100));
+    c.recv(sub);
+    c.subscribe(sub, "q/#", QoS::AtLeastOnce);
+    c.drop_socket(sub);
+    let publisher = c.open(1, connect("pub", ProtocolVersion::V5));
+    c.recv(publisher);
+    c.publish(publisher, "q/keep", "1", QoS::AtLeastOnce, 1);
+    let mut p = Publish::new(Bytes::from_static(b"q/expire"), QoS::AtLeastOnce, Bytes::from_static(b"2"));
+    p.pkid = 2;
+    p.properties.message_expiry_interval = Some(2);
+    c.send(publisher, Packet::Publish(p));
+    let acks = c.recv(publisher);
+    assert_eq!(acks.len(), 2, "{acks:?}");
+    c.advance(Duration::from_secs(3));
+    let sub = c.open(1, persistent("sub", 100));
+    let got = c.recv(sub);
+    assert!(connack(&got).session_present);
+    let topics: Vec<_> = publishes(&got).iter().map(|p| p.topic.clone()).collect();
+    assert_eq!(topics, vec![Bytes::from_static(b"q/keep")], "[MQTT-3.3.2-5] expired message not sent");
+}
+
+#[test]
+fn takeover_on_another_core_disconnects_the_old_connection_with_0x8e() {
+    // [MQTT-3.1.4-3]
+    let mut c = Cluster::new(2);
+    let old = c.open(0, persistent("same", 100));
+    c.recv(old);
+    c.subscribe(old, "x/#", QoS::AtLeastOnce);
+    let new = c.open(1, persistent("same", 100));
+    let got_old = c.recv(old);
+    assert!(
+        matches!(got_old.as_slice(), [Packet::Disconnect(d)] if d.reason == reason::SESSION_TAKEN_OVER),
+        "{got_old:?}"
+    );
+    assert!(c.is_closed(old));
+    assert!(connack(&c.recv(new)).session_present);
+    // The subscription moved with the session.
+    let publisher = c.open(0, connect("p", ProtocolVersion::V311));
+    c.recv(publisher);
+    c.publish(publisher, "x/1", "hello", QoS::AtLeastOnce, 7);
+    let got = c.recv(new);
+    assert_eq!(publishes(&got).len(), 1, "{got:?}");
+}
+
+#[test]
+fn unacknowledged_qos1_is_resent_with_dup_on_resume() {
+    // [MQTT-4.4.0-1]
+    let mut c = Cluster::new(2);
+    let sub = c.open(0, persistent("slow", 100));
+    c.recv(sub);
+    c.subscribe(sub, "r", QoS::AtLeastOnce);
+    let publisher = c.open(1, connect("p", ProtocolVersion::V5));
+    c.recv(publisher);
+    c.publish(publisher, "r", "m", QoS::AtLeastOnce, 1);
+    let first = c.recv(sub);
+    let pkid = publishes(&first)[0].pkid;
+    assert!(!publishes(&first)[0].dup);
+    c.drop_socket(sub);
+    let sub = c.open(1, persistent("slow", 100));
+    let again = c.recv(sub);
+    let resent = publishes(&again);
+    assert_eq!(resent.len(), 1);
+    assert!(resent[0].dup);
+    assert_eq!(resent[0].pkid, pkid);
+    c.send(sub, Packet::PubAck(Ack::new(pkid, 0)));
+    let sub2 = c.open(0, persistent("slow", 100));
+    assert!(publishes(&c.recv(sub2)).is_empty(), "acknowledged: not resent");
+}
+
+#[test]
+fn qos2_inbound_is_delivered_once_across_a_reconnect() {
+    // [MQTT-4.3.3-9]
+    let mut c = Cluster::new(2);
+    let sub = c.open(0, connect("s", ProtocolVersion::V5));
+    c.recv(sub);
+    c.subscribe(sub, "e", QoS::ExactlyOnce);
+    let p1 = c.open(1, persistent("p2", 100));
+    c.recv(p1);
+    c.publish(p1, "e", "once", QoS::ExactlyOnce, 9);
+    assert!(matches!(c.recv(p1).as_slice(), [Packet::PubRec(a)] if a.pkid == 9));
+    c.drop_socket(p1);
+    let p2 = c.open(0, persistent("p2", 100));
+    c.recv(p2);
+    let mut dup = Publish::new(Bytes::from_static(b"e"), QoS::ExactlyOnce, Bytes::from_static(b"once"));
+    dup.pkid = 9;
+    dup.dup = true;
+    c.send(p2, Packet::Publish(dup));
+    assert!(matches!(c.recv(p2).as_slice(), [Packet::PubRec(a)] if a.pkid == 9));
+    c.send(p2, Packet::PubRel(Ack::new(9, 0)));
+    assert!(matches!(c.recv(p2).as_slice(), [Packet::PubComp(a)] if a.pkid == 9 && a.reason == 0));
+    assert_eq!(publishes(&c.recv(sub)).len(), 1, "delivered exactly once");
+}
+
+#[test]
+fn exceeding_receive_maximum_is_disconnect_0x93() {
+    let mut config = Config::default();
+    config.max_inflight = 2;
+    let mut c = Cluster::with_config(1, config);
+    let client = c.open(0, connect("greedy", ProtocolVersion::V5));
+    assert_eq!(connack(&c.recv(client)).properties.receive_maximum, Some(2));
+    for pkid in 1..=2 {
+        c.publish(client, "t", "x", QoS::ExactlyOnce, pkid);
+    }
+    assert!(!c.is_closed(client));
+    c.publish(client, "t", "x", QoS::ExactlyOnce, 3);
+    assert!(c.is_closed(client));
+    let got = c.recv(client);
+    assert!(
+        got.iter().any(|p| matches!(p, Packet::Disconnect(d) if d.reason == reason::RECEIVE_MAXIMUM_EXCEEDED)),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn outbound_window_respects_the_clients_receive_maximum() {
+    // [MQTT-3.3.4-7]
+    let mut c = Cluster::new(2);
+    let mut conn = connect("narrow", ProtocolVersion::V5);
+    conn.properties.receive_maximum = Some(2);
+    let sub = c.open(0, conn);
+    c.recv(sub);
+    c.subscribe(sub, "w", QoS::AtLeastOnce);
+    let publisher = c.open(1, connect("p", ProtocolVersion::V5));
+    c.recv(publisher);
+    for i in 1..=5 {
+        c.publish(publisher, "w", "x", QoS::AtLeastOnce, i);
+    }
+    let got = c.recv(sub);
+    let first: Vec<u16> = publishes(&got).iter().map(|p| p.pkid).collect();
+    assert_eq!(first.len(), 2, "only Receive Maximum unacknowledged");
+    c.send(sub, Packet::PubAck(Ack::new(first[0], 0)));
+    assert_eq!(publishes(&c.recv(sub)).len(), 1, "one more after one PUBACK");
+}
