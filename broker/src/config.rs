@@ -24,6 +24,12 @@ pub struct Config {
     #[arg(long, env = "PROMPTMQ_STORAGE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
+    /// How connections reach the cores: `reuseport` (each core accepts on its own
+    /// SO_REUSEPORT listener; Linux only) or `handoff` (core 0 accepts and hands sockets to
+    /// the cores round-robin). The default picks reuseport where the kernel balances it.
+    #[arg(long, env = "PROMPTMQ_SERVER_ACCEPT_MODE", value_enum, default_value_t = AcceptMode::platform_default())]
+    pub accept_mode: AcceptMode,
+
     /// Log filter: error, warn, info, debug, trace (or a tracing EnvFilter directive).
     #[arg(long, env = "PROMPTMQ_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -56,6 +62,22 @@ pub struct Config {
     /// dropped (QoS 1/2 wait in the session queue instead).
     #[arg(long, env = "PROMPTMQ_MQTT_MAX_WRITE_BUFFER", default_value_t = 4 * 1024 * 1024)]
     pub max_write_buffer: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AcceptMode {
+    Reuseport,
+    Handoff,
+}
+
+impl AcceptMode {
+    pub fn platform_default() -> AcceptMode {
+        if promptmq_runtime_tokio::reuseport_supported() {
+            AcceptMode::Reuseport
+        } else {
+            AcceptMode::Handoff
+        }
+    }
 }
 
 impl Config {

@@ -26,7 +26,7 @@ use bytes::{Bytes, BytesMut};
 use crossbeam_queue::ArrayQueue;
 use promptmq_runtime_tokio as rt;
 
-use crate::config::Config;
+use crate::config::{AcceptMode, Config};
 use crate::core::{Action, Core, CoreMsg};
 use crate::registry::Registry;
 use crate::session::ConnId;
@@ -47,6 +47,8 @@ struct Shared {
     cores: usize,
     rings: Vec<ArrayQueue<CoreMsg>>,
     wakeups: Vec<rt::Wakeup>,
+    /// Sockets accepted by core 0 for the other cores (accept mode `handoff`).
+    handoff: Vec<ArrayQueue<std::net::TcpStream>>,
     nonce: u64,
 }
 
@@ -80,8 +82,9 @@ pub fn start(config: Config) -> io::Result<Running> {
     let first = rt::Listener::bind_std(config.bind)?;
     let local_addr = first.local_addr()?;
     listeners.push(Some(first));
+    let reuseport = config.accept_mode == AcceptMode::Reuseport && rt::reuseport_supported();
     for _ in 1..cores {
-        listeners.push(if rt::reuseport_supported() { Some(rt::Listener::bind_std(local_addr)?) } else { None });
+        listeners.push(if reuseport { Some(rt::Listener::bind_std(local_addr)?) } else { None });
     }
     let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let shared = Arc::new(Shared {
@@ -90,6 +93,7 @@ pub fn start(config: Config) -> io::Result<Running> {
         cores,
         rings: (0..cores * cores).map(|_| ArrayQueue::new(RING_CAPACITY)).collect(),
         wakeups: (0..cores).map(|_| rt::Wakeup::new()).collect(),
+        handoff: (0..if reuseport { 0 } else { cores }).map(|_| ArrayQueue::new(1024)).collect(),
         nonce,
     });
     let listeners: Vec<std::sync::Mutex<Option<std::net::TcpListener>>> =
@@ -167,6 +171,20 @@ async fn accept_loop(driver: Rc<Driver>, listener: rt::Listener) {
     }
 }
 
+/// Starts the reader and writer tasks of a new connection on this core.
+fn serve(driver: &Rc<Driver>, stream: rt::Stream) {
+    let id = driver.core.borrow_mut().on_accept(Instant::now());
+    let io = Rc::new(ConnIo {
+        queue: RefCell::new(Vec::new()),
+        signal: rt::LocalSignal::default(),
+        closing: Cell::new(false),
+    });
+    driver.conns.borrow_mut().insert(id, Rc::clone(&io));
+    let (r, w) = stream.into_split();
+    rt::spawn_local(read_loop(Rc::clone(driver), id, r, Rc::clone(&io)));
+    rt::spawn_local(write_loop(Rc::clone(driver), id, w, io));
+}
+
 async fn read_loop(driver: Rc<Driver>, id: ConnId, mut r: rt::ReadHalf, io: Rc<ConnIo>) {
     let mut buf = BytesMut::with_capacity(8 * 1024);
     loop {
@@ -224,6 +242,14 @@ async fn drain_inbox(driver: Rc<Driver>) {
     let me = driver.id;
     loop {
         shared.wakeups[me].wait().await;
+        if let Some(handoff) = shared.handoff.get(me) {
+            while let Some(socket) = handoff.pop() {
+                match rt::Stream::from_std(socket) {
+                    Ok(stream) => serve(&driver, stream),
+                    Err(e) => tracing::warn!(core = me, error = %e, "could not adopt a handed-over connection"),
+                }
+            }
+        }
         loop {
             let mut got = 0;
             for from in (0..shared.cores).filter(|&c| c != me) {

@@ -110,9 +110,12 @@ pub async fn yield_now() {
     tokio::task::yield_now().await
 }
 
-/// Whether every core can have its own listener on the same port.
+/// Whether every core can have its own listener on the same port with the kernel spreading
+/// connections between them. Linux balances `SO_REUSEPORT` listeners; macOS and the BSDs
+/// accept the option but do not balance, and Windows has no equivalent, so there one core
+/// accepts and hands sockets to the others.
 pub fn reuseport_supported() -> bool {
-    cfg!(all(unix, not(target_os = "solaris")))
+    cfg!(target_os = "linux")
 }
 
 /// A TCP listener owned by one core.
@@ -138,7 +141,7 @@ impl Listener {
             Some(socket2::Protocol::TCP),
         )?;
         socket.set_reuse_address(true)?;
-        #[cfg(all(unix, not(target_os = "solaris")))]
+        #[cfg(target_os = "linux")]
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
@@ -175,6 +178,12 @@ impl Stream {
         stream.set_nonblocking(true)?;
         stream.set_nodelay(true)?;
         Ok(Stream { inner: tokio::net::TcpStream::from_std(stream)? })
+    }
+
+    /// Detaches the socket from this core's runtime so it can be sent to another core,
+    /// which adopts it with [`Stream::from_std`].
+    pub fn into_std(self) -> io::Result<std::net::TcpStream> {
+        self.inner.into_std()
     }
 
     /// Splits into independently owned read and write halves (one task reads, one writes).

@@ -1265,6 +1265,13 @@ impl Raw {
         }
     }
 
+    /// Asserts that no PUBLISH arrives within `dur` (acknowledgement traffic
+    /// of earlier flows is handled and allowed).
+    pub async fn assert_no_publish5(&mut self, dur: Duration) {
+        let got = self.drain5(dur).await;
+        assert!(got.is_empty(), "{}: unexpected PUBLISH {got:?}", self.name);
+    }
+
     /// 3.1.1 counterpart of [`Raw::collect5`].
     pub async fn collect4(&mut self, n: usize) -> Vec<v4::Publish> {
         let deadline = tokio::time::Instant::now() + TIMEOUT;
