@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::message::{Message, SharedMessage};
 use crate::registry::Registry;
 use crate::router::{RetainedStore, SessionRef, Subscriber, SubscriptionIndex, Target};
-use crate::session::{self, Conn, ConnId, Limits, Outgoing, Phase, Session, StoredSubscription, Writer};
+use crate::session::{self, Conn, ConnId, FanoutCache, Limits, Outgoing, Phase, Session, StoredSubscription, Writer};
 use crate::stats::Stats;
 use crate::topic;
 
@@ -176,6 +176,7 @@ pub struct Core {
     actions: Vec<Action>,
     writes: Vec<(ConnId, Bytes)>,
     scratch: BytesMut,
+    fanout: FanoutCache,
     route_scratch: Vec<Target>,
     /// Distinguishes assigned client ids of this process from those of earlier runs.
     nonce: u64,
@@ -221,6 +222,7 @@ impl Core {
             actions: Vec::new(),
             writes: Vec::new(),
             scratch: BytesMut::with_capacity(4096),
+            fanout: FanoutCache::default(),
             route_scratch: Vec::new(),
             nonce,
             stats: Stats::default(),
@@ -363,7 +365,7 @@ impl Core {
 
     fn write_packet(&mut self, id: ConnId, packet: &Packet) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
-        Writer { out: &mut self.writes, scratch: &mut self.scratch }.packet(conn, packet);
+        Writer { out: &mut self.writes, scratch: &mut self.scratch, cache: &mut self.fanout }.packet(conn, packet);
     }
 
     fn shards_for(&self, filter: &[u8]) -> Vec<usize> {
@@ -563,7 +565,7 @@ impl Core {
             }
         }
         let ack = ConnAck { session_present, code: reason::SUCCESS, properties: props };
-        let mut w = Writer { out: &mut self.writes, scratch: &mut self.scratch };
+        let mut w = Writer { out: &mut self.writes, scratch: &mut self.scratch, cache: &mut self.fanout };
         w.packet(conn, &Packet::ConnAck(ack));
         session::resume(&mut session, conn, self.limits, now, &mut w, &mut self.stats);
 
@@ -622,7 +624,8 @@ impl Core {
             if let Some(c) = self.conns.get_mut(&old) {
                 if c.version.is_v5() {
                     let d = Disconnect { reason: reason::SESSION_TAKEN_OVER, properties: Properties::default() };
-                    Writer { out: &mut self.writes, scratch: &mut self.scratch }.packet(c, &Packet::Disconnect(d));
+                    Writer { out: &mut self.writes, scratch: &mut self.scratch, cache: &mut self.fanout }
+                        .packet(c, &Packet::Disconnect(d));
                 }
             }
             self.conns.remove(&old);
@@ -732,7 +735,7 @@ impl Core {
     ) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
         let Some(session) = self.sessions.get_mut(&conn.client_id) else { return };
-        let mut w = Writer { out: &mut self.writes, scratch: &mut self.scratch };
+        let mut w = Writer { out: &mut self.writes, scratch: &mut self.scratch, cache: &mut self.fanout };
         f(session, conn, &mut w, self.limits, &mut self.stats);
     }
 
@@ -1007,7 +1010,8 @@ impl Core {
         let Some(mut conn) = self.conns.remove(&id) else { return };
         if let (Some(code), true) = (how.reason, conn.version.is_v5() && matches!(conn.phase, Phase::Connected)) {
             let d = Disconnect { reason: code, properties: Properties::default() };
-            Writer { out: &mut self.writes, scratch: &mut self.scratch }.packet(&mut conn, &Packet::Disconnect(d));
+            Writer { out: &mut self.writes, scratch: &mut self.scratch, cache: &mut self.fanout }
+                .packet(&mut conn, &Packet::Disconnect(d));
         }
         self.flush_writes();
         self.actions.push(Action::Close(id));
@@ -1194,7 +1198,7 @@ impl Core {
     fn offer(&mut self, client_id: &Bytes, out: Outgoing, now: Instant) {
         let Some(session) = self.sessions.get_mut(client_id) else { return };
         let conn = session.conn.and_then(|id| self.conns.get_mut(&id));
-        let mut w = Writer { out: &mut self.writes, scratch: &mut self.scratch };
+        let mut w = Writer { out: &mut self.writes, scratch: &mut self.scratch, cache: &mut self.fanout };
         session::offer(session, conn, out, self.limits, now, &mut w, &mut self.stats);
     }
 }

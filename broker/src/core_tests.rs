@@ -153,8 +153,7 @@ fn persistent(id: &'static str, expiry: u32) -> Connect {
 }
 
 fn with_will(mut c: Connect, topic: &'static str, delay: Option<u32>) -> Connect {
-    let mut properties = Properties::default();
-    properties.will_delay_interval = delay;
+    let properties = Properties { will_delay_interval: delay, ..Default::default() };
     c.will = Some(Will {
         topic: Bytes::from_static(topic.as_bytes()),
         payload: Bytes::from_static(b"gone"),
@@ -203,8 +202,7 @@ fn keep_alive_closes_after_one_and_a_half_intervals() {
 
 #[test]
 fn server_keep_alive_caps_the_clients_request() {
-    let mut config = Config::default();
-    config.max_keep_alive = 30;
+    let config = Config { max_keep_alive: 30, ..Default::default() };
     let mut c = Cluster::with_config(1, config);
     let mut conn = connect("cap", ProtocolVersion::V5);
     conn.keep_alive = 600;
@@ -407,8 +405,7 @@ fn qos2_inbound_is_delivered_once_across_a_reconnect() {
 
 #[test]
 fn exceeding_receive_maximum_is_disconnect_0x93() {
-    let mut config = Config::default();
-    config.max_inflight = 2;
+    let config = Config { max_inflight: 2, ..Default::default() };
     let mut c = Cluster::with_config(1, config);
     let client = c.open(0, connect("greedy", ProtocolVersion::V5));
     assert_eq!(connack(&c.recv(client)).properties.receive_maximum, Some(2));
@@ -444,4 +441,46 @@ fn outbound_window_respects_the_clients_receive_maximum() {
     assert_eq!(first.len(), 2, "only Receive Maximum unacknowledged");
     c.send(sub, Packet::PubAck(Ack::new(first[0], 0)));
     assert_eq!(publishes(&c.recv(sub)).len(), 1, "one more after one PUBACK");
+}
+
+#[test]
+fn fan_out_encodes_once_yet_each_subscriber_gets_its_own_fields() {
+    let mut c = Cluster::new(1);
+    let v5 = c.open(0, connect("v5", ProtocolVersion::V5));
+    let v4 = c.open(0, connect("v4", ProtocolVersion::V311));
+    let with_id = c.open(0, connect("with-id", ProtocolVersion::V5));
+    for s in [v5, v4, with_id] {
+        c.recv(s);
+    }
+    c.subscribe(v5, "f/+", QoS::AtMostOnce);
+    c.subscribe(v4, "f/+", QoS::AtMostOnce);
+    let sub = Subscribe {
+        pkid: 2,
+        properties: Properties { subscription_identifiers: vec![77], ..Default::default() },
+        filters: vec![SubscribeFilter { filter: Bytes::from_static(b"f/#"), options: SubscriptionOptions::default() }],
+    };
+    c.send(with_id, Packet::Subscribe(sub));
+    c.recv(with_id);
+    let publisher = c.open(0, connect("p", ProtocolVersion::V5));
+    c.recv(publisher);
+    // Two publishes in one read, handled at the same instant: the cache must not serve the
+    // first message's bytes for the second.
+    let mut buf = BytesMut::new();
+    let big = Bytes::from(vec![b'x'; 2048]);
+    for (topic, payload) in [(&b"f/1"[..], Bytes::from_static(b"small")), (&b"f/2"[..], big.clone())] {
+        let p = Publish::new(Bytes::copy_from_slice(topic), QoS::AtMostOnce, payload);
+        codec::encode_packet(&Packet::Publish(p), ProtocolVersion::V5, &mut buf, usize::MAX).expect("encode");
+    }
+    c.cores[0].on_bytes(publisher.1, &mut buf, c.now);
+    c.settle();
+    for s in [v5, v4, with_id] {
+        let got = c.recv(s);
+        let p = publishes(&got);
+        assert_eq!(p.len(), 2, "{got:?}");
+        assert_eq!((&p[0].topic[..], &p[0].payload[..]), (&b"f/1"[..], &b"small"[..]));
+        assert_eq!((&p[1].topic[..], &p[1].payload), (&b"f/2"[..], &big));
+        let ids = if s == with_id { vec![77] } else { vec![] };
+        assert_eq!(p[0].properties.subscription_identifiers, ids);
+        assert_eq!(p[1].properties.subscription_identifiers, ids);
+    }
 }

@@ -106,7 +106,7 @@ impl SubscriptionIndex {
         let list = match group {
             None => &mut node.subscribers,
             Some(name) => {
-                let at = match node.groups.iter().position(|g| &g.name == name) {
+                let at = match node.groups.iter().position(|g| g.name == name) {
                     Some(i) => i,
                     None => {
                         node.groups.push(SharedGroup { name: name.clone(), ..SharedGroup::default() });
@@ -142,7 +142,7 @@ impl SubscriptionIndex {
 
     fn remove_at(node: &mut SubNode, path: &[Bytes], group: Option<&Bytes>, client_id: &Bytes, epoch: u64) -> bool {
         let Some((first, rest)) = path.split_first() else {
-            let matches = |s: &Subscriber| &s.session.client_id == client_id && s.session.epoch == epoch;
+            let matches = |s: &Subscriber| s.session.client_id == client_id && s.session.epoch == epoch;
             return match group {
                 None => {
                     let before = node.subscribers.len();
@@ -150,7 +150,7 @@ impl SubscriptionIndex {
                     before != node.subscribers.len()
                 }
                 Some(name) => {
-                    let Some(g) = node.groups.iter_mut().find(|g| &g.name == name) else {
+                    let Some(g) = node.groups.iter_mut().find(|g| g.name == name) else {
                         return false;
                     };
                     let before = g.members.len();

@@ -196,10 +196,39 @@ impl Conn {
     }
 }
 
-/// Bytes to write to one connection, collected by the caller into actions.
+/// Payloads at least this large are sent as their own chunk (shared by every subscriber)
+/// instead of being copied behind the header; below it, one small copy beats an extra
+/// iovec.
+const SHARED_PAYLOAD_MIN: usize = 512;
+
+/// The wire bytes of the last message sent without per-subscriber fields (QoS 0, no
+/// subscription identifier, no topic alias): identical for every such subscriber of the
+/// same protocol version and RETAIN flag, so a fan-out encodes the message once.
+#[derive(Default)]
+pub struct FanoutCache {
+    /// Holding the `Arc` (not just its address) keeps the address from being reused by
+    /// another message while the entry is alive.
+    message: Option<(SharedMessage, Instant)>,
+    /// Indexed by (v5, retain).
+    encoded: [Option<Vec<Bytes>>; 4],
+}
+
+impl FanoutCache {
+    fn get(&mut self, out: &Outgoing, version: ProtocolVersion, now: Instant) -> &mut Option<Vec<Bytes>> {
+        let same = self.message.as_ref().is_some_and(|(m, t)| std::sync::Arc::ptr_eq(m, &out.msg) && *t == now);
+        if !same {
+            self.message = Some((out.msg.clone(), now));
+            self.encoded = Default::default();
+        }
+        &mut self.encoded[usize::from(version.is_v5()) * 2 + usize::from(out.retain)]
+    }
+}
+
+/// Bytes to write to connections, collected by the caller into actions.
 pub struct Writer<'a> {
     pub out: &'a mut Vec<(ConnId, Bytes)>,
     pub scratch: &'a mut BytesMut,
+    pub cache: &'a mut FanoutCache,
 }
 
 impl Writer<'_> {
@@ -207,7 +236,9 @@ impl Writer<'_> {
         // Our own packets are always within limits except PUBLISH (checked by the caller),
         // so an encode error here is a bug worth seeing in the logs, not a crash.
         match codec::encode_packet(packet, conn.version, self.scratch, usize::MAX) {
-            Ok(()) => self.flush(conn),
+            Ok(()) => {
+                self.flush(conn);
+            }
             Err(e) => {
                 self.scratch.clear();
                 tracing::error!(conn = conn.id, error = %e, "could not encode packet");
@@ -215,8 +246,13 @@ impl Writer<'_> {
         }
     }
 
-    fn flush(&mut self, conn: &mut Conn) {
+    fn flush(&mut self, conn: &mut Conn) -> Bytes {
         let bytes = self.scratch.split().freeze();
+        self.push(conn, bytes.clone());
+        bytes
+    }
+
+    fn push(&mut self, conn: &mut Conn, bytes: Bytes) {
         conn.pending_write += bytes.len();
         self.out.push((conn.id, bytes));
     }
@@ -386,17 +422,36 @@ fn send_publish(
         stats.dropped_too_large += 1;
         return false;
     }
-    match codec::encode_publish(&p, conn.version, w.scratch) {
-        Ok(()) => {
+    let cacheable = out.qos == QoS::AtMostOnce && p.properties.topic_alias.is_none() && out.subscription_ids.is_empty();
+    if cacheable {
+        if let Some(chunks) = w.cache.get(out, conn.version, now) {
+            for chunk in chunks.clone() {
+                w.push(conn, chunk);
+            }
             stats.messages_out += 1;
-            w.flush(conn);
-            true
-        }
-        Err(e) => {
-            w.scratch.clear();
-            tracing::warn!(conn = conn.id, error = %e, "dropping unencodable publish");
-            stats.dropped_too_large += 1;
-            false
+            return true;
         }
     }
+    let shared_payload = p.payload.len() >= SHARED_PAYLOAD_MIN;
+    let encoded = if shared_payload {
+        codec::encode_publish_header(&p, conn.version, w.scratch)
+    } else {
+        codec::encode_publish(&p, conn.version, w.scratch)
+    };
+    if let Err(e) = encoded {
+        w.scratch.clear();
+        tracing::warn!(conn = conn.id, error = %e, "dropping unencodable publish");
+        stats.dropped_too_large += 1;
+        return false;
+    }
+    let mut chunks = vec![w.flush(conn)];
+    if shared_payload {
+        w.push(conn, p.payload.clone());
+        chunks.push(p.payload);
+    }
+    if cacheable {
+        *w.cache.get(out, conn.version, now) = Some(chunks);
+    }
+    stats.messages_out += 1;
+    true
 }

@@ -60,10 +60,13 @@ pub fn has_wildcards(filter: &[u8]) -> bool {
     filter.iter().any(|&b| b == b'+' || b == b'#')
 }
 
+/// `(group, filter)` of a shared subscription.
+pub type SharedFilter<'a> = (&'a [u8], &'a [u8]);
+
 /// Splits `$share/{group}/{filter}` into `(group, filter)`; `Ok(None)` for a non-shared
 /// filter. The group must be non-empty without wildcards or `/` and the filter valid
 /// [MQTT-4.8.2-1], [MQTT-4.8.2-2].
-pub fn parse_shared(filter: &[u8]) -> Result<Option<(&[u8], &[u8])>, TopicError> {
+pub fn parse_shared(filter: &[u8]) -> Result<Option<SharedFilter<'_>>, TopicError> {
     let Some(rest) = filter.strip_prefix(b"$share/") else {
         if filter == b"$share" {
             return Err(TopicError::BadShare);

@@ -80,7 +80,23 @@ pub fn encode_publish(p: &Publish, version: ProtocolVersion, out: &mut BytesMut)
     check_size(remaining, MAX_TOTAL_LEN)?;
     let start = out.len();
     out.reserve(total_len(remaining));
-    let res = write_publish(p, version, remaining, out);
+    let res = write_publish(p, version, remaining, out, true);
+    if res.is_err() {
+        out.truncate(start);
+    }
+    res
+}
+
+/// Writes a PUBLISH without its payload: the fixed header (whose length counts the
+/// payload), topic, packet id and properties. The caller sends `p.payload` right after
+/// these bytes as a separate chunk, so a payload fanned out to many subscribers is never
+/// copied per subscriber.
+pub fn encode_publish_header(p: &Publish, version: ProtocolVersion, out: &mut BytesMut) -> Result<(), EncodeError> {
+    let remaining = publish_remaining(p, version);
+    check_size(remaining, MAX_TOTAL_LEN)?;
+    let start = out.len();
+    out.reserve(total_len(remaining) - p.payload.len());
+    let res = write_publish(p, version, remaining, out, false);
     if res.is_err() {
         out.truncate(start);
     }
@@ -92,6 +108,7 @@ fn write_publish(
     version: ProtocolVersion,
     remaining: usize,
     out: &mut BytesMut,
+    with_payload: bool,
 ) -> Result<(), EncodeError> {
     let first = 0x30 | u8::from(p.dup) << 3 | (p.qos as u8) << 1 | u8::from(p.retain);
     out.put_u8(first);
@@ -103,7 +120,9 @@ fn write_publish(
     if version.is_v5() {
         encode_properties(&p.properties, out)?;
     }
-    out.put_slice(&p.payload);
+    if with_payload {
+        out.put_slice(&p.payload);
+    }
     Ok(())
 }
 
@@ -221,7 +240,7 @@ fn write_packet(
     out: &mut BytesMut,
 ) -> Result<(), EncodeError> {
     if let Packet::Publish(p) = packet {
-        return write_publish(p, version, remaining, out);
+        return write_publish(p, version, remaining, out, true);
     }
     let v5 = version.is_v5();
     let flags = match packet {
@@ -369,6 +388,23 @@ mod tests {
 
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn publish_header_plus_payload_is_the_whole_publish() {
+        for v in [V311, V5] {
+            let mut p = Publish::new(b("fan/out"), QoS::AtLeastOnce, Bytes::from(vec![7u8; 300]));
+            p.pkid = 42;
+            if v.is_v5() {
+                p.properties.user_properties.push((b("k"), b("v")));
+            }
+            let mut whole = BytesMut::new();
+            encode_publish(&p, v, &mut whole).expect("encodes");
+            let mut split = BytesMut::new();
+            encode_publish_header(&p, v, &mut split).expect("encodes");
+            split.extend_from_slice(&p.payload);
+            assert_eq!(whole, split);
+        }
     }
 
     #[test]

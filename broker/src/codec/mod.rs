@@ -21,6 +21,6 @@ mod properties;
 pub mod reason;
 
 pub use decode::{check_frame, decode_packet, Frame};
-pub use encode::{encode_packet, encode_publish, encoded_len, publish_len};
+pub use encode::{encode_packet, encode_publish, encode_publish_header, encoded_len, publish_len};
 pub use error::{DecodeError, EncodeError};
 pub use packet::*;

@@ -243,6 +243,9 @@ pub struct Auth {
     pub properties: Properties,
 }
 
+// Packets are decoded, matched and dropped (or encoded straight from a reference), never
+// stored in bulk, so the size of the CONNECT variant costs a memcpy rather than memory.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Packet {
     Connect(Connect),
