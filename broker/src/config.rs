@@ -54,6 +54,11 @@ pub struct Config {
     #[arg(long, env = "PROMPTMQ_MQTT_MAX_QUEUED_MESSAGES", default_value_t = 1000)]
     pub max_queued_messages: usize,
 
+    /// What a full session queue drops: the oldest queued message (`drop-oldest`) or the
+    /// one arriving (`drop-newest`). Either way the drop is counted.
+    #[arg(long, env = "PROMPTMQ_MQTT_QUEUE_DROP_POLICY", value_enum, default_value_t = DropPolicy::DropOldest)]
+    pub queue_drop_policy: DropPolicy,
+
     /// Topic Alias Maximum announced to MQTT 5 clients (client-to-broker aliases); 0 disables.
     #[arg(long, env = "PROMPTMQ_MQTT_TOPIC_ALIAS_MAXIMUM", default_value_t = 1024)]
     pub topic_alias_maximum: u16,
@@ -62,6 +67,12 @@ pub struct Config {
     /// dropped (QoS 1/2 wait in the session queue instead).
     #[arg(long, env = "PROMPTMQ_MQTT_MAX_WRITE_BUFFER", default_value_t = 4 * 1024 * 1024)]
     pub max_write_buffer: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DropPolicy {
+    DropOldest,
+    DropNewest,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -201,6 +201,7 @@ impl Core {
         let limits = Limits {
             max_inflight: config.max_inflight,
             max_queued: config.max_queued_messages,
+            drop_policy: config.queue_drop_policy,
             max_write_buffer: config.max_write_buffer,
         };
         Core {
@@ -253,7 +254,11 @@ impl Core {
     pub fn on_accept(&mut self, now: Instant) -> ConnId {
         let id = self.next_conn;
         self.next_conn += 1;
-        self.conns.insert(id, Conn::new(id, now));
+        let conn = Conn::new(id, now);
+        if let Some(deadline) = conn.keep_alive_deadline() {
+            self.timers.push(Reverse((deadline, Timer::KeepAlive(id))));
+        }
+        self.conns.insert(id, conn);
         self.stats.connections_accepted += 1;
         id
     }

@@ -484,3 +484,39 @@ fn fan_out_encodes_once_yet_each_subscriber_gets_its_own_fields() {
         assert_eq!(p[1].properties.subscription_identifiers, ids);
     }
 }
+
+#[test]
+fn a_socket_that_never_sends_connect_is_closed() {
+    let mut c = Cluster::new(1);
+    let id = c.cores[0].on_accept(c.now);
+    c.advance(crate::session::CONNECT_TIMEOUT - Duration::from_millis(200));
+    assert!(!c.is_closed((0, id)));
+    c.advance(Duration::from_millis(300));
+    assert!(c.is_closed((0, id)));
+}
+
+fn queued_payloads(policy: crate::config::DropPolicy) -> (Vec<Bytes>, u64) {
+    let config = Config { max_queued_messages: 3, queue_drop_policy: policy, ..Default::default() };
+    let mut c = Cluster::with_config(2, config);
+    let sub = c.open(0, persistent("offline", 100));
+    c.recv(sub);
+    c.subscribe(sub, "b", QoS::AtLeastOnce);
+    c.drop_socket(sub);
+    let publisher = c.open(1, connect("p", ProtocolVersion::V5));
+    c.recv(publisher);
+    for (i, payload) in ["1", "2", "3", "4", "5"].into_iter().enumerate() {
+        c.publish(publisher, "b", payload, QoS::AtLeastOnce, i as u16 + 1);
+    }
+    let sub = c.open(1, persistent("offline", 100));
+    let got = c.recv(sub);
+    let dropped = c.cores.iter().map(|core| core.stats.dropped_queue_full).sum();
+    (publishes(&got).iter().map(|p| p.payload.clone()).collect(), dropped)
+}
+
+#[test]
+fn full_queue_drops_by_the_configured_policy_and_counts_it() {
+    use crate::config::DropPolicy;
+    let b = |s: &'static str| Bytes::from_static(s.as_bytes());
+    assert_eq!(queued_payloads(DropPolicy::DropOldest), (vec![b("3"), b("4"), b("5")], 2));
+    assert_eq!(queued_payloads(DropPolicy::DropNewest), (vec![b("1"), b("2"), b("3")], 2));
+}

@@ -14,8 +14,12 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use crate::codec::{self, Ack, Packet, ProtocolVersion, Publish, QoS, SubscriptionOptions, Will};
+use crate::config::DropPolicy;
 use crate::message::SharedMessage;
 use crate::stats::Stats;
+
+/// How long a connection may take to send its CONNECT.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Identifies a network connection on its core.
 pub type ConnId = u64;
@@ -99,14 +103,17 @@ impl Session {
     }
 
     /// Queues a message for later, dropping the oldest when the queue is full.
-    pub fn enqueue(&mut self, out: Outgoing, max: usize, stats: &mut Stats) {
-        if max == 0 {
+    pub fn enqueue(&mut self, out: Outgoing, limits: Limits, stats: &mut Stats) {
+        if self.queue.len() >= limits.max_queued {
             stats.dropped_queue_full += 1;
-            return;
-        }
-        if self.queue.len() >= max {
-            self.queue.pop_front();
-            stats.dropped_queue_full += 1;
+            match limits.drop_policy {
+                DropPolicy::DropNewest => return,
+                DropPolicy::DropOldest => {
+                    if self.queue.pop_front().is_none() {
+                        return;
+                    }
+                }
+            }
         }
         self.queue.push_back(out);
     }
@@ -140,6 +147,7 @@ pub enum Phase {
 #[derive(Debug)]
 pub struct Conn {
     pub id: ConnId,
+    pub accepted_at: Instant,
     pub phase: Phase,
     pub version: ProtocolVersion,
     pub client_id: Bytes,
@@ -169,6 +177,7 @@ impl Conn {
     pub fn new(id: ConnId, now: Instant) -> Conn {
         Conn {
             id,
+            accepted_at: now,
             phase: Phase::AwaitingConnect,
             version: ProtocolVersion::V311,
             client_id: Bytes::new(),
@@ -191,7 +200,12 @@ impl Conn {
 
     /// When the keep-alive runs out: 1.5 times the interval after the last packet
     /// [MQTT-3.1.2-24].
+    /// Before CONNECT, the deadline is [`CONNECT_TIMEOUT`] after accept, however many bytes
+    /// trickle in, so idle or slow-loris sockets cannot pile up.
     pub fn keep_alive_deadline(&self) -> Option<Instant> {
+        if matches!(self.phase, Phase::AwaitingConnect) {
+            return Some(self.accepted_at + CONNECT_TIMEOUT);
+        }
         (!self.keep_alive.is_zero()).then(|| self.last_seen + self.keep_alive * 3 / 2)
     }
 }
@@ -263,6 +277,7 @@ impl Writer<'_> {
 pub struct Limits {
     pub max_inflight: u16,
     pub max_queued: usize,
+    pub drop_policy: DropPolicy,
     pub max_write_buffer: usize,
 }
 
@@ -286,7 +301,7 @@ pub fn offer(
         if out.qos == QoS::AtMostOnce {
             stats.dropped_offline_qos0 += 1;
         } else {
-            session.enqueue(out, limits.max_queued, stats);
+            session.enqueue(out, limits, stats);
         }
         return;
     };
@@ -299,7 +314,7 @@ pub fn offer(
         return;
     }
     if !session.queue.is_empty() || session.inflight.len() >= window(conn, limits) {
-        session.enqueue(out, limits.max_queued, stats);
+        session.enqueue(out, limits, stats);
         return;
     }
     start_inflight(session, conn, out, now, w, stats);
