@@ -503,8 +503,9 @@ impl Core {
         } else {
             conn.session_expiry = if c.clean_start { 0 } else { u32::MAX };
         }
-        if let Some(deadline) = conn.keep_alive_deadline() {
-            self.timers.push(Reverse((deadline, Timer::KeepAlive(id))));
+        if !conn.keep_alive.is_zero() {
+            // Not keep_alive_deadline(): the phase is still AwaitingConnect here.
+            self.timers.push(Reverse((now + conn.keep_alive * 3 / 2, Timer::KeepAlive(id))));
         }
         let claim = self.registry.claim(&client_id, self.id);
         match claim.previous_core {

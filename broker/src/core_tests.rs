@@ -520,3 +520,17 @@ fn full_queue_drops_by_the_configured_policy_and_counts_it() {
     assert_eq!(queued_payloads(DropPolicy::DropOldest), (vec![b("3"), b("4"), b("5")], 2));
     assert_eq!(queued_payloads(DropPolicy::DropNewest), (vec![b("1"), b("2"), b("3")], 2));
 }
+
+#[test]
+fn short_keep_alive_is_enforced_on_time() {
+    // A keep alive shorter than the CONNECT timeout must not wait for it.
+    let mut c = Cluster::new(1);
+    let mut conn = connect("short", ProtocolVersion::V311);
+    conn.keep_alive = 2;
+    let client = c.open(0, conn);
+    c.recv(client);
+    c.advance(Duration::from_millis(2_900));
+    assert!(!c.is_closed(client));
+    c.advance(Duration::from_millis(200));
+    assert!(c.is_closed(client), "closed at 1.5 x 2 s");
+}
