@@ -91,6 +91,10 @@ pub struct BrokerOpts {
     pub max_inflight: Option<u16>,
     pub max_queued_messages: Option<usize>,
     pub topic_alias_maximum: Option<u16>,
+    /// `--log-level` (promptmq only); `warn` unless set.
+    pub log_level: Option<String>,
+    /// Further promptmq flags, appended as given (ignored for mosquitto).
+    pub extra_args: Vec<String>,
 }
 
 impl Default for BrokerOpts {
@@ -102,6 +106,8 @@ impl Default for BrokerOpts {
             max_inflight: None,
             max_queued_messages: None,
             topic_alias_maximum: None,
+            log_level: None,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -132,6 +138,14 @@ impl BrokerOpts {
     }
     pub fn topic_alias_maximum(mut self, n: u16) -> Self {
         self.topic_alias_maximum = Some(n);
+        self
+    }
+    pub fn log_level(mut self, level: &str) -> Self {
+        self.log_level = Some(level.to_string());
+        self
+    }
+    pub fn extra_args(mut self, args: &[&str]) -> Self {
+        self.extra_args.extend(args.iter().map(|a| a.to_string()));
         self
     }
 
@@ -191,7 +205,8 @@ impl Broker {
                     .arg("--data-dir")
                     .arg(&data)
                     .arg("--log-level")
-                    .arg("warn");
+                    .arg(opts.log_level.as_deref().unwrap_or("warn"))
+                    .args(&opts.extra_args);
                 if let Some(v) = opts.max_keep_alive {
                     c.arg("--max-keep-alive").arg(v.to_string());
                 }

@@ -1,0 +1,116 @@
+//! The binary as a user meets it: the README's mosquitto_pub/mosquitto_sub example, the
+//! startup line, `--version`, bad flags, and the `handoff` accept mode.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{BrokerOpts, Client4};
+
+fn mosquitto_tool(name: &str) -> Command {
+    // .ci/run installs mosquitto-clients; a missing tool is a setup error, not a skip.
+    assert!(
+        Command::new("sh").args(["-c", &format!("command -v {name}")]).output().is_ok_and(|o| o.status.success()),
+        "{name} not found: apt-get install mosquitto-clients"
+    );
+    Command::new(name)
+}
+
+#[tokio::test]
+async fn readme_example_with_mosquitto_clients() {
+    let broker = BrokerOpts::new().cores(2).start().await;
+    let port = broker.port().to_string();
+    let sub = mosquitto_tool("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-t", "sensors/#", "-v", "-V", "mqttv5", "-C", "1", "-W", "10"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn mosquitto_sub");
+    // Let the subscription settle before publishing (QoS 0 to a topic without subscribers is
+    // simply not delivered).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = mosquitto_tool("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-t", "sensors/kitchen", "-m", "21.5", "-q", "1"])
+        .status()
+        .expect("run mosquitto_pub");
+    assert!(status.success());
+    let out = sub.wait_with_output().expect("mosquitto_sub output");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "sensors/kitchen 21.5");
+
+    // Retained, then a late subscriber gets it [MQTT-3.3.1-6].
+    let status = mosquitto_tool("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-t", "status/door", "-m", "open", "-r"])
+        .status()
+        .expect("run mosquitto_pub");
+    assert!(status.success());
+    let out = mosquitto_tool("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-t", "status/+", "-C", "1", "-v", "-W", "10"])
+        .output()
+        .expect("run mosquitto_sub");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "status/door open");
+}
+
+#[test]
+fn version_prints_version_and_commit() {
+    if common::is_mosquitto() {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_promptmq")).arg("--version").output().expect("run --version");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with(&format!("promptmq {} (", env!("CARGO_PKG_VERSION"))), "{text}");
+}
+
+#[test]
+fn bad_flag_values_are_refused_with_the_allowed_range() {
+    if common::is_mosquitto() {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_promptmq"))
+        .args(["--max-inflight", "0", "--bind", "127.0.0.1:0"])
+        .output()
+        .expect("run promptmq");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--max-inflight") && err.contains("1..="), "{err}");
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_promptmq")).args(["--bind", "not-an-address"]).output().expect("run promptmq");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--bind"));
+}
+
+#[tokio::test]
+async fn startup_line_names_version_runtime_cores_and_address() {
+    if common::is_mosquitto() {
+        return;
+    }
+    let broker = BrokerOpts::new().cores(2).log_level("info").start().await;
+    let log = broker.log_text();
+    let line = log.lines().find(|l| l.contains("listening on")).unwrap_or_else(|| panic!("no startup line in {log}"));
+    assert!(line.contains(env!("CARGO_PKG_VERSION")), "{line}");
+    assert!(line.contains("runtime tokio") && line.contains("2 cores"), "{line}");
+    assert!(line.contains(&broker.addr()), "{line}");
+}
+
+#[tokio::test]
+async fn handoff_accept_mode_serves_clients_on_every_core() {
+    if common::is_mosquitto() {
+        return;
+    }
+    let broker = BrokerOpts::new().cores(4).extra_args(&["--accept-mode", "handoff"]).start().await;
+    let port = broker.port();
+    let mut sub = Client4::connect(port, "handoff-sub", true).await;
+    sub.subscribe("h/#", rumqttc::QoS::AtLeastOnce).await;
+    // Enough publishers that the round-robin hands some to each of the 4 cores.
+    for i in 0..8 {
+        let mut p = Client4::connect(port, &format!("handoff-pub-{i}"), true).await;
+        p.publish(&format!("h/{i}"), rumqttc::QoS::AtLeastOnce, false, format!("m{i}")).await;
+        p.disconnect().await;
+    }
+    let mut got: Vec<String> = Vec::new();
+    for _ in 0..8 {
+        got.push(String::from_utf8_lossy(&sub.recv().await.payload).into_owned());
+    }
+    got.sort();
+    assert_eq!(got, (0..8).map(|i| format!("m{i}")).collect::<Vec<_>>());
+}
