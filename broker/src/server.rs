@@ -39,6 +39,11 @@ const DRAIN_BATCH: usize = 256;
 /// Overflowed messages on a core above which its readers pause.
 const OVERFLOW_PAUSE: usize = 16 * 1024;
 const TICK: Duration = Duration::from_millis(50);
+/// After the broker closes a connection (e.g. after DISCONNECT with an error reason), how
+/// long it keeps reading and discarding what the client still sends before closing the
+/// socket. Closing at once would make the kernel answer the client's in-flight packets
+/// with a reset, which can destroy the DISCONNECT before the client has read it.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// What all cores share. Only the rings and wakeups are touched per message.
 struct Shared {
@@ -112,6 +117,8 @@ struct ConnIo {
     queue: RefCell<Vec<Bytes>>,
     signal: rt::LocalSignal,
     closing: Cell<bool>,
+    /// The reader saw end of stream or an error.
+    reader_done: Cell<bool>,
 }
 
 struct Driver {
@@ -148,19 +155,26 @@ async fn run_core(index: usize, shared: Arc<Shared>, listener: Option<std::net::
 }
 
 async fn accept_loop(driver: Rc<Driver>, listener: rt::Listener) {
+    let shared = Arc::clone(&driver.shared);
+    let mut next = 0usize;
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
-                let id = driver.core.borrow_mut().on_accept(Instant::now());
-                let io = Rc::new(ConnIo {
-                    queue: RefCell::new(Vec::new()),
-                    signal: rt::LocalSignal::default(),
-                    closing: Cell::new(false),
-                });
-                driver.conns.borrow_mut().insert(id, Rc::clone(&io));
-                let (r, w) = stream.into_split();
-                rt::spawn_local(read_loop(Rc::clone(&driver), id, r, Rc::clone(&io)));
-                rt::spawn_local(write_loop(Rc::clone(&driver), id, w, io));
+                if shared.handoff.is_empty() {
+                    serve(&driver, stream);
+                    continue;
+                }
+                // Hand-off mode: spread connections over the cores round-robin.
+                next = (next + 1) % shared.cores;
+                if next == driver.id {
+                    serve(&driver, stream);
+                    continue;
+                }
+                match stream.into_std().map(|s| shared.handoff[next].push(s)) {
+                    Ok(Ok(())) => shared.wakeups[next].ring(),
+                    Ok(Err(_full)) => tracing::warn!(core = next, "hand-off queue full, connection dropped"),
+                    Err(e) => tracing::warn!(error = %e, "could not hand a connection over"),
+                }
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -174,10 +188,12 @@ async fn accept_loop(driver: Rc<Driver>, listener: rt::Listener) {
 /// Starts the reader and writer tasks of a new connection on this core.
 fn serve(driver: &Rc<Driver>, stream: rt::Stream) {
     let id = driver.core.borrow_mut().on_accept(Instant::now());
+    tracing::debug!(core = driver.id, conn = id, "connection accepted");
     let io = Rc::new(ConnIo {
         queue: RefCell::new(Vec::new()),
         signal: rt::LocalSignal::default(),
         closing: Cell::new(false),
+        reader_done: Cell::new(false),
     });
     driver.conns.borrow_mut().insert(id, Rc::clone(&io));
     let (r, w) = stream.into_split();
@@ -196,19 +212,19 @@ async fn read_loop(driver: Rc<Driver>, id: ConnId, mut r: rt::ReadHalf, io: Rc<C
                 driver.dispatch();
                 break;
             }
+            // Closed by the broker: discard what the client still sends while lingering.
+            Ok(_) if io.closing.get() => buf.clear(),
             Ok(_) => {
                 driver.core.borrow_mut().on_bytes(id, &mut buf, Instant::now());
                 driver.dispatch();
             }
-        }
-        if io.closing.get() {
-            break;
         }
         while driver.overflow_len.get() > OVERFLOW_PAUSE {
             rt::sleep(Duration::from_millis(1)).await;
             driver.retry_overflow();
         }
     }
+    io.reader_done.set(true);
 }
 
 async fn write_loop(driver: Rc<Driver>, id: ConnId, mut w: rt::WriteHalf, io: Rc<ConnIo>) {
@@ -231,6 +247,13 @@ async fn write_loop(driver: Rc<Driver>, id: ConnId, mut w: rt::WriteHalf, io: Rc
             driver.core.borrow_mut().on_closed(id, Instant::now());
             driver.dispatch();
             break;
+        }
+    }
+    if !io.reader_done.get() && w.shutdown_write().is_ok() {
+        // Linger: let the client read our last packets and close its side first.
+        let deadline = Instant::now() + LINGER;
+        while !io.reader_done.get() && Instant::now() < deadline {
+            rt::sleep(Duration::from_millis(20)).await;
         }
     }
     let _ = w.close();

@@ -97,7 +97,12 @@ async fn handoff_accept_mode_serves_clients_on_every_core() {
     if common::is_mosquitto() {
         return;
     }
-    let broker = BrokerOpts::new().cores(4).extra_args(&["--accept-mode", "handoff"]).start().await;
+    let broker = BrokerOpts::new()
+        .cores(4)
+        .log_level("warn,promptmq::server=debug")
+        .extra_args(&["--accept-mode", "handoff"])
+        .start()
+        .await;
     let port = broker.port();
     let mut sub = Client4::connect(port, "handoff-sub", true).await;
     sub.subscribe("h/#", rumqttc::QoS::AtLeastOnce).await;
@@ -113,4 +118,11 @@ async fn handoff_accept_mode_serves_clients_on_every_core() {
     }
     got.sort();
     assert_eq!(got, (0..8).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    let log = broker.log_text();
+    let cores: std::collections::BTreeSet<&str> = log
+        .lines()
+        .filter(|l| l.contains("connection accepted"))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("core=")))
+        .collect();
+    assert_eq!(cores.len(), 4, "connections spread over all 4 cores: {cores:?}\n{log}");
 }

@@ -293,3 +293,66 @@ async fn garbage_and_truncated_packets_close_connection() {
     })
     .await;
 }
+
+// [MQTT-4.13.1-1] / 3.14: the broker's DISCONNECT must reach a client that is still busy
+// sending. A client floods Receive Maximum + 1 QoS 2 publishes and then, like the paho
+// interoperability client, reads one packet at a time from the socket and answers each
+// PUBREC with a PUBREL. Closing the socket at once would answer those PUBRELs with a
+// reset that discards the unread DISCONNECT; the broker lingers before closing instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_0x93_reaches_a_client_that_keeps_sending() {
+    skip_on_mosquitto!("mosquitto answers PUBREC 0x97 instead of DISCONNECT 0x93");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Reads exactly one packet, byte-exact like a simple client, so unread packets stay in
+    // the kernel's receive buffer where a reset would destroy them.
+    async fn read_packet(s: &mut tokio::net::TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+        let first = s.read_u8().await?;
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let b = s.read_u8().await?;
+            len |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0; len];
+        s.read_exact(&mut body).await?;
+        Ok((first >> 4, body))
+    }
+    on_cores(BrokerOpts::new(), |b| async move {
+        for round in 0..3 {
+            let mut s = tokio::net::TcpStream::connect(b.addr()).await.expect("connect");
+            let mut out = bytes::BytesMut::new();
+            connect5(&format!("flood-{round}"), true).write(&mut out).expect("encode");
+            s.write_all(&out).await.expect("send CONNECT");
+            let (kind, _) = read_packet(&mut s).await.expect("CONNACK");
+            assert_eq!(kind, 2);
+            let max = 1024; // the broker's default Receive Maximum (--max-inflight)
+            let mut flood = bytes::BytesMut::new();
+            for pkid in 1..=max + 1 {
+                publish5("mf/flood", QoS::ExactlyOnce, pkid, false, b"x").write(&mut flood).expect("encode");
+            }
+            s.write_all(&flood).await.expect("send flood");
+            let reason = loop {
+                match tokio::time::timeout(TIMEOUT, read_packet(&mut s)).await {
+                    Ok(Ok((5, body))) => {
+                        let mut rel = bytes::BytesMut::new();
+                        v5::PubRel::new(u16::from_be_bytes([body[0], body[1]])).write(&mut rel).expect("encode");
+                        // Until the client has read the DISCONNECT its writes must not fail:
+                        // a broker that closes without lingering makes them fail with
+                        // EPIPE/ECONNRESET, which crashes simple clients (paho's among them).
+                        s.write_all(&rel).await.unwrap_or_else(|e| panic!("round {round}: PUBREL write failed: {e}"));
+                        tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+                    }
+                    Ok(Ok((14, body))) => break body.first().copied(),
+                    Ok(Ok((kind, _))) => panic!("round {round}: unexpected packet type {kind}"),
+                    Ok(Err(e)) => panic!("round {round}: connection ended without DISCONNECT: {e}"),
+                    Err(_) => panic!("round {round}: no DISCONNECT within {TIMEOUT:?}"),
+                }
+            };
+            assert_eq!(reason, Some(0x93), "round {round}");
+        }
+    })
+    .await;
+}

@@ -251,6 +251,12 @@ impl WriteHalf {
         (Ok(()), chunks)
     }
 
+    /// Sends FIN after what was written: the peer reads everything up to here, then end of
+    /// stream. Reads on the other half keep working.
+    pub fn shutdown_write(&mut self) -> io::Result<()> {
+        socket2::SockRef::from(self.inner.as_ref()).shutdown(std::net::Shutdown::Write)
+    }
+
     /// Closes the connection in both directions, so that a read pending on the other half
     /// ends too (a client that never closes its side cannot keep the connection alive).
     pub fn close(&mut self) -> io::Result<()> {
