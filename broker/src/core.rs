@@ -147,6 +147,8 @@ enum Timer {
     Tombstone(Bytes),
 }
 
+const RETAINED_SWEEP: Duration = Duration::from_secs(30);
+
 /// Why a connection is being closed by the broker.
 struct CloseWith {
     /// DISCONNECT reason to send first (MQTT 5 only).
@@ -178,6 +180,8 @@ pub struct Core {
     scratch: BytesMut,
     fanout: FanoutCache,
     route_scratch: Vec<Target>,
+    /// When expired retained messages are next swept out.
+    next_retained_sweep: Option<Instant>,
     /// Distinguishes assigned client ids of this process from those of earlier runs.
     nonce: u64,
     pub stats: Stats,
@@ -226,6 +230,7 @@ impl Core {
             fanout: FanoutCache::default(),
             route_scratch: Vec::new(),
             nonce,
+            next_retained_sweep: None,
             stats: Stats::default(),
         }
     }
@@ -322,6 +327,10 @@ impl Core {
 
     /// Time passed: keep-alive, will delay, session expiry.
     pub fn on_tick(&mut self, now: Instant) {
+        if self.next_retained_sweep.is_none_or(|t| t <= now) {
+            self.retained.remove_expired(now);
+            self.next_retained_sweep = Some(now + RETAINED_SWEEP);
+        }
         while let Some(Reverse((due, _))) = self.timers.peek() {
             if *due > now {
                 break;
@@ -683,6 +692,10 @@ impl Core {
         };
         if topic::validate_topic_name(&topic).is_err() {
             return self.close(id, CloseWith { reason: Some(reason::TOPIC_NAME_INVALID), will: true }, now);
+        }
+        if !p.properties.subscription_identifiers.is_empty() {
+            // Only the server sets subscription identifiers [MQTT-3.3.4-6].
+            return self.close(id, CloseWith { reason: Some(reason::PROTOCOL_ERROR), will: true }, now);
         }
         let client_id = conn.client_id.clone();
         let Some(session) = self.sessions.get_mut(&client_id) else { return };

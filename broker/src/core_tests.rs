@@ -534,3 +534,46 @@ fn short_keep_alive_is_enforced_on_time() {
     c.advance(Duration::from_millis(200));
     assert!(c.is_closed(client), "closed at 1.5 x 2 s");
 }
+
+#[test]
+fn a_topic_alias_is_only_established_by_a_packet_that_was_sent() {
+    // [MQTT-3.3.2-10] / [MQTT-3.1.2-25]: the first message is too large for the client and
+    // is not sent, so the alias it would have established must not be used later.
+    let mut c = Cluster::new(1);
+    let mut conn = connect("aliased", ProtocolVersion::V5);
+    conn.properties.topic_alias_maximum = Some(4);
+    conn.properties.maximum_packet_size = Some(64);
+    let sub = c.open(0, conn);
+    c.recv(sub);
+    c.subscribe(sub, "al/t", QoS::AtMostOnce);
+    let publisher = c.open(0, connect("p", ProtocolVersion::V5));
+    c.recv(publisher);
+    c.publish(
+        publisher,
+        "al/t",
+        "this payload is far too long for a 64 byte maximum packet size...",
+        QoS::AtMostOnce,
+        0,
+    );
+    c.publish(publisher, "al/t", "small", QoS::AtMostOnce, 0);
+    c.publish(publisher, "al/t", "again", QoS::AtMostOnce, 0);
+    let got = c.recv(sub);
+    let p = publishes(&got);
+    assert_eq!(p.len(), 2, "{got:?}");
+    assert_eq!((&p[0].topic[..], p[0].properties.topic_alias), (&b"al/t"[..], Some(1)), "alias established with topic");
+    assert_eq!((&p[1].topic[..], p[1].properties.topic_alias), (&b""[..], Some(1)), "then used alone");
+}
+
+#[test]
+fn a_client_publish_with_a_subscription_identifier_is_a_protocol_error() {
+    // [MQTT-3.3.4-6]
+    let mut c = Cluster::new(1);
+    let client = c.open(0, connect("sid", ProtocolVersion::V5));
+    c.recv(client);
+    let mut p = Publish::new(Bytes::from_static(b"t"), QoS::AtMostOnce, Bytes::from_static(b"x"));
+    p.properties.subscription_identifiers = vec![3];
+    c.send(client, Packet::Publish(p));
+    assert!(c.is_closed(client));
+    let got = c.recv(client);
+    assert!(matches!(got.as_slice(), [Packet::Disconnect(d)] if d.reason == reason::PROTOCOL_ERROR), "{got:?}");
+}

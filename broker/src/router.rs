@@ -177,17 +177,18 @@ impl SubscriptionIndex {
     /// shared group (round robin). `publisher` is used for No Local [MQTT-3.8.3-3].
     pub fn route(&mut self, msg: &SharedMessage, out: &mut Vec<Target>) {
         let start = out.len();
-        let topic_levels: Vec<&[u8]> = msg.topic.split(|&b| b == b'/').collect();
         let dollar = msg.topic.first() == Some(&b'$');
         let mut shared = Vec::new();
-        Self::collect(&mut self.root, &topic_levels, dollar, msg, out, &mut shared);
+        Self::collect(&mut self.root, Some(&msg.topic[..]), dollar, msg, out, &mut shared);
         merge_overlapping(out, start);
         out.append(&mut shared);
     }
 
+    /// `rest` is the unmatched part of the topic (`None` once every level is matched);
+    /// levels are split off as the walk goes, so routing allocates nothing per publish.
     fn collect(
         node: &mut SubNode,
-        rest: &[&[u8]],
+        rest: Option<&[u8]>,
         at_root_dollar: bool,
         msg: &SharedMessage,
         out: &mut Vec<Target>,
@@ -200,16 +201,20 @@ impl SubscriptionIndex {
                 Self::emit(hash, msg, out, shared);
             }
         }
-        let Some((level, tail)) = rest.split_first() else {
+        let Some(rest) = rest else {
             Self::emit(node, msg, out, shared);
             return;
+        };
+        let (level, tail) = match rest.iter().position(|&b| b == b'/') {
+            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+            None => (rest, None),
         };
         if !at_root_dollar {
             if let Some(plus) = node.children.get_mut(&b"+"[..]) {
                 Self::collect(plus, tail, false, msg, out, shared);
             }
         }
-        if let Some(child) = node.children.get_mut(*level) {
+        if let Some(child) = node.children.get_mut(level) {
             Self::collect(child, tail, false, msg, out, shared);
         }
     }
@@ -361,6 +366,26 @@ impl RetainedStore {
         }
     }
 
+    /// Deletes retained messages whose expiry has passed (they are never delivered anyway
+    /// [MQTT-3.3.2-5], this returns their memory). Returns how many were removed.
+    pub fn remove_expired(&mut self, now: std::time::Instant) -> usize {
+        fn sweep(node: &mut RetainNode, now: std::time::Instant) -> usize {
+            let mut removed = 0;
+            if node.message.as_ref().is_some_and(|m| m.is_expired(now)) {
+                node.message = None;
+                removed += 1;
+            }
+            node.children.retain(|_, child| {
+                removed += sweep(child, now);
+                !(child.children.is_empty() && child.message.is_none())
+            });
+            removed
+        }
+        let removed = sweep(&mut self.root, now);
+        self.count -= removed;
+        removed
+    }
+
     fn all_below(node: &RetainNode, out: &mut Vec<SharedMessage>) {
         out.extend(node.message.iter().cloned());
         for child in node.children.values() {
@@ -493,5 +518,22 @@ mod tests {
         store.set(&Arc::new(del));
         assert_eq!(find(&store, b"a/+"), Vec::<Bytes>::new());
         assert_eq!(store.len(), 5);
+    }
+
+    #[test]
+    fn expired_retained_messages_are_swept() {
+        let now = std::time::Instant::now();
+        let mut store = RetainedStore::default();
+        let mut short = (*msg("s/short", "p", QoS::AtMostOnce)).clone();
+        short.expires_at = Some(now + std::time::Duration::from_secs(1));
+        store.set(&Arc::new(short));
+        store.set(&msg("s/long", "p", QoS::AtMostOnce));
+        assert_eq!(store.remove_expired(now), 0);
+        assert_eq!(store.remove_expired(now + std::time::Duration::from_secs(2)), 1);
+        assert_eq!(store.len(), 1);
+        let mut out = Vec::new();
+        store.matching(b"s/#", &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].topic, "s/long");
     }
 }

@@ -416,26 +416,32 @@ fn send_publish(
         p.properties = msg.properties.clone();
         p.properties.message_expiry_interval = msg.remaining_expiry(now);
         p.properties.subscription_identifiers = out.subscription_ids.clone();
-        if conn.client_alias_max > 0 {
-            match conn.aliases_out.get(&msg.topic) {
-                Some(&alias) => {
-                    p.properties.topic_alias = Some(alias);
-                    p.topic = Bytes::new();
-                }
-                None => {
-                    let next = conn.aliases_out.len() + 1;
-                    if next <= usize::from(conn.client_alias_max) {
-                        let alias = next as u16;
-                        conn.aliases_out.insert(msg.topic.clone(), alias);
-                        p.properties.topic_alias = Some(alias);
-                    }
-                }
+    }
+    // Server-to-client topic alias [MQTT-3.3.2-10]: reuse the topic's alias (empty topic),
+    // or establish a new one while the client's Topic Alias Maximum allows. A new alias is
+    // recorded only once its packet is certain to be sent, or the client would later get
+    // an alias it never learned.
+    let mut new_alias = None;
+    if v5 && conn.client_alias_max > 0 {
+        match conn.aliases_out.get(&msg.topic) {
+            Some(&alias) => {
+                p.properties.topic_alias = Some(alias);
+                p.topic = Bytes::new();
             }
+            None if conn.aliases_out.len() < usize::from(conn.client_alias_max) => {
+                let alias = conn.aliases_out.len() as u16 + 1;
+                p.properties.topic_alias = Some(alias);
+                new_alias = Some(alias);
+            }
+            None => {}
         }
     }
     if codec::publish_len(&p, conn.version) > conn.client_max_packet {
         stats.dropped_too_large += 1;
         return false;
+    }
+    if let Some(alias) = new_alias {
+        conn.aliases_out.insert(msg.topic.clone(), alias);
     }
     let cacheable = out.qos == QoS::AtMostOnce && p.properties.topic_alias.is_none() && out.subscription_ids.is_empty();
     if cacheable {
@@ -459,12 +465,12 @@ fn send_publish(
         stats.dropped_too_large += 1;
         return false;
     }
-    let mut chunks = vec![w.flush(conn)];
+    let header = w.flush(conn);
     if shared_payload {
         w.push(conn, p.payload.clone());
-        chunks.push(p.payload);
     }
     if cacheable {
+        let chunks = if shared_payload { vec![header, p.payload] } else { vec![header] };
         *w.cache.get(out, conn.version, now) = Some(chunks);
     }
     stats.messages_out += 1;
