@@ -117,6 +117,11 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
         let entry = entry.map_err(|e| WalError::io("list", dir, e))?;
         let path = entry.path();
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        if name.ends_with(".wal.tmp") {
+            // A segment whose creation a crash interrupted: it never held a record.
+            let _ = fs::remove_file(&path);
+            continue;
+        }
         let Some(stem) = name.strip_suffix(".wal") else { continue };
         if let Ok(first) = stem.parse::<u64>() {
             out.push((first, path));
@@ -403,19 +408,24 @@ impl Log {
 }
 
 fn create_segment(dir: &Path, shard: u32, first_seq: u64, now_ms: u64, opts: &Options) -> Result<Active, WalError> {
+    // Built under a temporary name and renamed once its header is durable, so a crash
+    // while creating it never leaves a segment without a valid header.
     let path = segment_path(dir, first_seq);
-    let (file, direct) = io::open_segment(&path, true, opts.direct_io).map_err(|e| WalError::io("create", &path, e))?;
+    let tmp = path.with_extension("wal.tmp");
+    let _ = fs::remove_file(&tmp);
+    let (file, direct) = io::open_segment(&tmp, true, opts.direct_io).map_err(|e| WalError::io("create", &tmp, e))?;
     let result = (|| {
         io::preallocate(&file, opts.segment_size)?;
         let mut header = AlignedBuf::new(HEADER_LEN);
         SegmentHeader { shard, first_seq, created_ms: now_ms }.encode(header.bytes_mut());
         io::write_all_at(&file, header.bytes(), 0)?;
         io::sync_data(&file)?;
+        fs::rename(&tmp, &path)?;
         io::sync_dir(dir)
     })();
     if let Err(e) = result {
         // A segment we could not set up (full disk, ...) must not be found by recovery.
-        let _ = fs::remove_file(&path);
+        let _ = fs::remove_file(&tmp);
         return Err(WalError::io("create", &path, e));
     }
     let info = SegmentInfo {
