@@ -109,7 +109,7 @@ pub enum CoreMsg {
     Takeover {
         client_id: Bytes,
         new_core: usize,
-        new_epoch: u64,
+        new_claim: u64,
         clean_start: bool,
         conn: ConnId,
     },
@@ -118,7 +118,7 @@ pub enum CoreMsg {
     Handoff {
         client_id: Bytes,
         conn: ConnId,
-        epoch: u64,
+        claim: u64,
         session: Option<Box<Session>>,
     },
 }
@@ -148,6 +148,13 @@ enum Timer {
 }
 
 const RETAINED_SWEEP: Duration = Duration::from_secs(30);
+/// How long a core forwards deliveries for a session that moved to another core (they were
+/// routed before the shards learned the new route).
+const TOMBSTONE: Duration = Duration::from_secs(10);
+
+fn session_ref(s: &Session, core: usize) -> SessionRef {
+    SessionRef { client_id: s.client_id.clone(), core, epoch: s.epoch, claim: s.claim }
+}
 
 /// Why a connection is being closed by the broker.
 struct CloseWith {
@@ -167,8 +174,15 @@ pub struct Core {
     conns: HashMap<ConnId, Conn>,
     next_conn: ConnId,
     sessions: HashMap<Bytes, Session>,
-    /// Sessions handed to another core: deliveries still addressed here are forwarded.
-    moved: HashMap<Bytes, (u64, usize, u64, Instant)>,
+    /// Sessions handed to another core: (epoch, core, until). Deliveries still addressed
+    /// here for that epoch are forwarded.
+    moved: HashMap<Bytes, (u64, usize, Instant)>,
+    /// Takeover requests that arrived while this core's connection for the same client id
+    /// was still waiting for the session; served once the session arrives.
+    deferred_takeovers: HashMap<Bytes, CoreMsg>,
+    /// Connections that closed while waiting for their session: (client id, session expiry,
+    /// will), applied when the session arrives.
+    closed_awaiting: HashMap<ConnId, (Bytes, u32, Option<Will>)>,
     subscriptions: SubscriptionIndex,
     retained: RetainedStore,
     pending: HashMap<u64, Pending>,
@@ -218,6 +232,8 @@ impl Core {
             next_conn: 1,
             sessions: HashMap::new(),
             moved: HashMap::new(),
+            deferred_takeovers: HashMap::new(),
+            closed_awaiting: HashMap::new(),
             subscriptions: SubscriptionIndex::default(),
             retained: RetainedStore::default(),
             pending: HashMap::new(),
@@ -340,7 +356,7 @@ impl Core {
                 Timer::KeepAlive(id) => self.check_keep_alive(id, now),
                 Timer::Session(client_id) => self.check_session(&client_id, now),
                 Timer::Tombstone(client_id) => {
-                    if self.moved.get(&client_id).is_some_and(|m| m.3 <= now) {
+                    if self.moved.get(&client_id).is_some_and(|m| m.2 <= now) {
                         self.moved.remove(&client_id);
                     }
                 }
@@ -518,35 +534,32 @@ impl Core {
         }
         let claim = self.registry.claim(&client_id, self.id);
         match claim.previous_core {
-            None => self.establish(id, claim.epoch, None, now),
+            None => self.establish(id, claim.token, None, now),
             Some(old_core) => {
                 if let Some(conn) = self.conns.get_mut(&id) {
                     conn.phase = Phase::AwaitingSession { pending: Vec::new() };
                 }
                 let clean_start = c.clean_start;
-                self.send(
-                    old_core,
-                    CoreMsg::Takeover { client_id, new_core: self.id, new_epoch: claim.epoch, clean_start, conn: id },
-                );
+                let takeover =
+                    CoreMsg::Takeover { client_id, new_core: self.id, new_claim: claim.token, clean_start, conn: id };
+                self.send(old_core, takeover);
             }
         }
     }
 
     /// Completes a CONNECT: attaches (or creates) the session, sends CONNACK, resumes
-    /// unacknowledged deliveries and handles packets pipelined behind CONNECT.
-    fn establish(&mut self, id: ConnId, epoch: u64, existing: Option<Box<Session>>, now: Instant) {
-        let owned = self.conns.get(&id).is_some_and(|c| self.registry.owns(&c.client_id, epoch));
-        if !owned && self.conns.contains_key(&id) {
-            // A newer CONNECT with the same client id won the race while the session was in
-            // transit: this connection is the one taken over.
-            self.close(id, CloseWith { reason: Some(reason::SESSION_TAKEN_OVER), will: false }, now);
-        }
-        let Some(conn) = self.conns.get_mut(&id).filter(|_| owned) else {
-            if let Some(s) = existing {
-                // The connection went away while its session was in transit.
-                let mut s = *s;
-                s.epoch = epoch;
-                self.adopt_orphan(s, now);
+    /// unacknowledged deliveries and handles packets pipelined behind CONNECT. `claim` is
+    /// the registry token of this connection's claim on the client id.
+    fn establish(&mut self, id: ConnId, claim: u64, existing: Option<Box<Session>>, now: Instant) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            // The connection closed while its session was in transit.
+            let Some((client_id, expiry, will)) = self.closed_awaiting.remove(&id) else { return };
+            match existing {
+                Some(s) => self.adopt_orphan(*s, claim, expiry, will, now),
+                None => match self.deferred_takeovers.remove(&client_id) {
+                    Some(t) => self.handle_message(t, now),
+                    None => self.registry.release(&client_id, claim),
+                },
             }
             return;
         };
@@ -557,10 +570,12 @@ impl Core {
         let session_present = existing.is_some() && !conn.clean_start;
         let mut session = match existing {
             Some(s) if !conn.clean_start => *s,
-            _ => Session::new(conn.client_id.clone(), epoch, conn.version),
+            _ => Session::new(conn.client_id.clone(), claim, conn.version),
         };
-        let resubscribe = session.epoch != epoch || session_present;
-        session.epoch = epoch;
+        // A continuing session keeps its epoch (deliveries already routed to it stay
+        // valid); its claim token moves on, so shards can tell newer routes from older.
+        let repoint = session.claim != claim;
+        session.claim = claim;
         session.conn = Some(id);
         session.version = conn.version;
         session.expiry_interval = conn.session_expiry;
@@ -583,54 +598,81 @@ impl Core {
         let mut w = Writer { out: &mut self.writes, scratch: &mut self.scratch, cache: &mut self.fanout };
         w.packet(conn, &Packet::ConnAck(ack));
         session::resume(&mut session, conn, self.limits, now, &mut w, &mut self.stats);
-
-        if resubscribe {
-            // The shards still point at the old incarnation or core: re-point them.
-            let subs: Vec<(Bytes, StoredSubscription)> =
-                session.subscriptions.iter().map(|(f, s)| (f.clone(), s.clone())).collect();
-            let sref = SessionRef { client_id: session.client_id.clone(), core: self.id, epoch };
-            for (full, stored) in subs {
-                self.route_subscribe(None, &sref, &full, stored, false);
-            }
+        if repoint {
+            self.repoint_subscriptions(&session);
         }
         let client_id = session.client_id.clone();
-        self.sessions.insert(client_id, session);
+        self.sessions.insert(client_id.clone(), session);
         for packet in pending {
             if self.conns.contains_key(&id) {
                 self.on_connected_packet(id, packet, now);
             }
         }
+        // A newer CONNECT for the same client id arrived while this one waited for the
+        // session: it takes the session over now [MQTT-3.1.4-3].
+        if let Some(t) = self.deferred_takeovers.remove(&client_id) {
+            self.handle_message(t, now);
+        }
     }
 
-    /// A session arrived for a connection that is gone: keep it offline here if this
-    /// incarnation still owns the client id, otherwise end it quietly.
-    fn adopt_orphan(&mut self, mut s: Session, now: Instant) {
-        if self.registry.owns(&s.client_id, s.epoch) {
-            s.conn = None;
-            let sref = SessionRef { client_id: s.client_id.clone(), core: self.id, epoch: s.epoch };
-            let subs: Vec<(Bytes, StoredSubscription)> =
-                s.subscriptions.iter().map(|(f, st)| (f.clone(), st.clone())).collect();
-            for (full, stored) in subs {
-                self.route_subscribe(None, &sref, &full, stored, false);
-            }
-            self.park_session(s, now);
-        } else {
-            s.will = None;
-            self.end_session(s, now);
+    /// Tells the shards that the session's subscriptions now route to this core, under its
+    /// current claim (a shard ignores route updates older than the one it holds).
+    fn repoint_subscriptions(&mut self, session: &Session) {
+        let sref = session_ref(session, self.id);
+        let subs: Vec<(Bytes, StoredSubscription)> =
+            session.subscriptions.iter().map(|(f, s)| (f.clone(), s.clone())).collect();
+        for (full, stored) in subs {
+            self.route_subscribe(None, &sref, &full, stored, false);
         }
+    }
+
+    /// A session arrived for a connection that closed while waiting for it. The session
+    /// continues as that connection left it: its will and session expiry apply as if the
+    /// connection had been established and then lost.
+    fn adopt_orphan(&mut self, mut s: Session, claim: u64, expiry: u32, will: Option<Will>, now: Instant) {
+        if !self.registry.owns(&s.client_id, claim) {
+            // Yet another connection claimed the client id meanwhile; its takeover request
+            // was deferred here and carries the session on.
+            if let Some(t) = self.deferred_takeovers.remove(&s.client_id) {
+                s.conn = None;
+                self.sessions.insert(s.client_id.clone(), s);
+                self.handle_message(t, now);
+            } else {
+                s.will = None;
+                self.end_session(s, now);
+            }
+            return;
+        }
+        s.claim = claim;
+        s.conn = None;
+        s.expiry_interval = expiry;
+        s.will = will;
+        self.repoint_subscriptions(&s);
+        self.detach(s, true, now);
     }
 
     fn on_takeover(
         &mut self,
         client_id: Bytes,
         new_core: usize,
-        new_epoch: u64,
+        new_claim: u64,
         clean_start: bool,
         conn: ConnId,
         now: Instant,
     ) {
         let Some(mut s) = self.sessions.remove(&client_id) else {
-            self.send(new_core, CoreMsg::Handoff { client_id, conn, epoch: new_epoch, session: None });
+            let waiting = self
+                .conns
+                .values()
+                .any(|c| c.client_id == client_id && matches!(c.phase, Phase::AwaitingSession { .. }));
+            if waiting {
+                // The session is on its way here for an earlier CONNECT: pass it on once it
+                // arrives, instead of answering "no session" now.
+                let t = CoreMsg::Takeover { client_id: client_id.clone(), new_core, new_claim, clean_start, conn };
+                self.deferred_takeovers.insert(client_id, t);
+            } else {
+                self.send(new_core, CoreMsg::Handoff { client_id, conn, claim: new_claim, session: None });
+            }
             return;
         };
         let was_connected = s.conn.is_some();
@@ -647,26 +689,32 @@ impl Core {
             self.flush_writes();
             self.actions.push(Action::Close(old));
         }
-        // The old connection's will (spec 3.1.3.2.2): sent now if its delay is 0, or if the
-        // session ends because of Clean Start; a delayed will is cancelled when the session
-        // continues on the new connection [MQTT-3.1.3-9].
+        // The session ends on takeover when the new connection asks for a clean start, or
+        // when the old connection's Session Expiry Interval was 0 (spec 3.1.4, and
+        // [MQTT-3.1.2-6] for 3.1.1's Clean Session).
+        let ends = clean_start || s.expiry_interval == 0;
+        // The old connection's will (spec 3.1.3.2.2): sent now if its delay is 0 or the
+        // session ends; a delayed will is cancelled when the session continues on the new
+        // connection [MQTT-3.1.3-9].
         let delay = s.will.as_ref().map_or(0, will_delay);
-        if clean_start || (was_connected && delay == 0) {
+        if ends || (was_connected && delay == 0) {
             if let Some(w) = s.will.take() {
                 self.publish_will(&s.client_id, w, now);
             }
         }
         s.will = None;
         s.will_due = None;
-        if clean_start {
+        if ends {
             self.end_session(s, now);
-            self.send(new_core, CoreMsg::Handoff { client_id, conn, epoch: new_epoch, session: None });
+            self.send(new_core, CoreMsg::Handoff { client_id, conn, claim: new_claim, session: None });
             return;
         }
-        let tomb_until = now + Duration::from_secs(10);
-        self.moved.insert(client_id.clone(), (s.epoch, new_core, new_epoch, tomb_until));
-        self.timers.push(Reverse((tomb_until, Timer::Tombstone(client_id.clone()))));
-        self.send(new_core, CoreMsg::Handoff { client_id, conn, epoch: new_epoch, session: Some(Box::new(s)) });
+        if new_core != self.id {
+            let tomb_until = now + TOMBSTONE;
+            self.moved.insert(client_id.clone(), (s.epoch, new_core, tomb_until));
+            self.timers.push(Reverse((tomb_until, Timer::Tombstone(client_id.clone()))));
+        }
+        self.send(new_core, CoreMsg::Handoff { client_id, conn, claim: new_claim, session: Some(Box::new(s)) });
     }
 
     // ---- PUBLISH in ---------------------------------------------------------------------
@@ -801,7 +849,7 @@ impl Core {
         let v5 = conn.version.is_v5();
         let client_id = conn.client_id.clone();
         let Some(session) = self.sessions.get(&client_id) else { return };
-        let epoch = session.epoch;
+        let sref = session_ref(session, self.id);
         let sub_id = s.properties.subscription_identifiers.first().copied();
         let mut reasons = Vec::with_capacity(s.filters.len());
         let mut filters = Vec::with_capacity(s.filters.len());
@@ -840,7 +888,6 @@ impl Core {
         }
         let req_id = self.next_request;
         self.next_request += 1;
-        let sref = SessionRef { client_id: client_id.clone(), core: self.id, epoch };
         let mut outstanding = 0;
         for (index, filter, stored, want_retained) in accepted {
             if let Some(session) = self.sessions.get_mut(&client_id) {
@@ -1034,8 +1081,16 @@ impl Core {
         }
         self.flush_writes();
         self.actions.push(Action::Close(id));
-        if !matches!(conn.phase, Phase::Connected) {
-            return;
+        match conn.phase {
+            Phase::Connected => {}
+            Phase::AwaitingSession { .. } => {
+                // Its session is in transit: remember what this connection would have set,
+                // for when the session arrives (see `adopt_orphan`).
+                let will = if how.will { conn.will.take() } else { None };
+                self.closed_awaiting.insert(id, (conn.client_id.clone(), conn.session_expiry, will));
+                return;
+            }
+            Phase::AwaitingConnect => return,
         }
         let Some(mut session) = self.sessions.remove(&conn.client_id) else { return };
         if session.conn != Some(id) {
@@ -1043,7 +1098,14 @@ impl Core {
             return;
         }
         session.conn = None;
-        if !how.will {
+        self.detach(session, how.will, now);
+    }
+
+    /// Applies the end of a session's connection: its will (published now, or when the will
+    /// delay passes, or discarded when `will` is false) and its expiry (ends now when the
+    /// Session Expiry Interval is 0, otherwise the session waits offline).
+    fn detach(&mut self, mut session: Session, will: bool, now: Instant) {
+        if !will {
             session.will = None;
         }
         if let Some(w) = &session.will {
@@ -1106,7 +1168,7 @@ impl Core {
         for f in filters {
             self.route_unsubscribe(None, &s.client_id, s.epoch, &f);
         }
-        self.registry.release(&s.client_id, s.epoch);
+        self.registry.release(&s.client_id, s.claim);
     }
 
     fn publish_will(&mut self, client_id: &Bytes, w: Will, now: Instant) {
@@ -1151,10 +1213,10 @@ impl Core {
                 }
             }
             CoreMsg::UnsubscribeDone { req_id } => self.request_reply(req_id, None, Vec::new(), now),
-            CoreMsg::Takeover { client_id, new_core, new_epoch, clean_start, conn } => {
-                self.on_takeover(client_id, new_core, new_epoch, clean_start, conn, now)
+            CoreMsg::Takeover { client_id, new_core, new_claim, clean_start, conn } => {
+                self.on_takeover(client_id, new_core, new_claim, clean_start, conn, now)
             }
-            CoreMsg::Handoff { client_id: _, conn, epoch, session } => self.establish(conn, epoch, session, now),
+            CoreMsg::Handoff { client_id: _, conn, claim, session } => self.establish(conn, claim, session, now),
         }
     }
 
@@ -1202,11 +1264,10 @@ impl Core {
             Some(false) => {}
             None => {
                 // The session moved to another core after the shard routed this: forward it.
-                if let Some(&(old_epoch, core, new_epoch, _)) = self.moved.get(&t.session.client_id) {
-                    if old_epoch == t.session.epoch && core != self.id {
+                if let Some(&(epoch, core, _)) = self.moved.get(&t.session.client_id) {
+                    if epoch == t.session.epoch && core != self.id {
                         let mut t = t;
                         t.session.core = core;
-                        t.session.epoch = new_epoch;
                         self.send(core, CoreMsg::Deliver { msg: msg.clone(), targets: vec![t] });
                     }
                 }

@@ -91,6 +91,21 @@ impl Cluster {
         client
     }
 
+    /// Like `open`, but leaves the messages to other cores unsent until `settle`.
+    fn open_unsettled(&mut self, core: usize, connect: Connect) -> Client {
+        let id = self.cores[core].on_accept(self.now);
+        let client = (core, id);
+        self.versions.insert(client, connect.protocol);
+        let mut buf = BytesMut::new();
+        codec::encode_packet(&Packet::Connect(connect), ProtocolVersion::V5, &mut buf, usize::MAX).expect("encode");
+        self.cores[core].on_bytes(id, &mut buf, self.now);
+        client
+    }
+
+    fn sessions(&self) -> usize {
+        self.cores.iter().map(Core::session_count).sum()
+    }
+
     fn recv(&mut self, client: Client) -> Vec<Packet> {
         let version = self.versions[&client];
         let buf = self.inbox.entry(client).or_default();
@@ -576,4 +591,98 @@ fn a_client_publish_with_a_subscription_identifier_is_a_protocol_error() {
     assert!(c.is_closed(client));
     let got = c.recv(client);
     assert!(matches!(got.as_slice(), [Packet::Disconnect(d)] if d.reason == reason::PROTOCOL_ERROR), "{got:?}");
+}
+
+
+/// A topic whose shard is `core` in a cluster of `n`.
+fn topic_on(core: usize, n: usize) -> &'static str {
+    let t = (0..).map(|i| format!("owned/{i}")).find(|t| super::shard_of(t.as_bytes(), n) == core).expect("some topic");
+    Box::leak(t.into_boxed_str())
+}
+
+#[test]
+fn resuming_on_the_same_core_keeps_deliveries_already_routed() {
+    // Review finding: a same-core resume must not invalidate messages the shard routed
+    // to the session just before the reconnect [MQTT-4.3.2], [MQTT-4.5.0-1].
+    let mut c = Cluster::new(2);
+    let topic = topic_on(1, 2);
+    let sub = c.open(0, persistent("resume-same", 100));
+    c.recv(sub);
+    c.subscribe(sub, topic, QoS::AtLeastOnce);
+    c.drop_socket(sub);
+    let publisher = c.open(1, connect("p", ProtocolVersion::V5));
+    c.recv(publisher);
+    // The shard (core 1) routes the message; the Deliver for core 0 is still in the ring...
+    let mut buf = BytesMut::new();
+    let mut p = Publish::new(Bytes::from_static(topic.as_bytes()), QoS::AtLeastOnce, Bytes::from_static(b"in flight"));
+    p.pkid = 1;
+    codec::encode_packet(&Packet::Publish(p), ProtocolVersion::V5, &mut buf, usize::MAX).expect("encode");
+    c.cores[1].on_bytes(publisher.1, &mut buf, c.now);
+    let mut pending = Vec::new();
+    c.cores[1].take_actions(&mut pending);
+    // ...when the client comes back on core 0.
+    let again = c.open_unsettled(0, persistent("resume-same", 100));
+    for a in pending {
+        if let Action::Send(to, msg) = a {
+            c.cores[to].on_message(msg, c.now);
+        }
+    }
+    c.settle();
+    let got = c.recv(again);
+    assert!(connack(&got).session_present);
+    assert_eq!(publishes(&got).len(), 1, "{got:?}");
+}
+
+#[test]
+fn takeover_of_a_session_with_expiry_zero_starts_fresh() {
+    // Spec 3.1.4: the old session ends on takeover when its expiry interval is 0; a 3.1.1
+    // Clean Session=1 session must not be reused [MQTT-3.1.2-6].
+    let mut c = Cluster::new(2);
+    let old = c.open(0, connect("zero", ProtocolVersion::V5));
+    c.recv(old);
+    c.subscribe(old, "z/#", QoS::AtLeastOnce);
+    let new = c.open(1, persistent("zero", 100));
+    assert!(!connack(&c.recv(new)).session_present);
+    let publisher = c.open(0, connect("p", ProtocolVersion::V5));
+    c.recv(publisher);
+    c.publish(publisher, "z/1", "x", QoS::AtMostOnce, 0);
+    assert!(publishes(&c.recv(new)).is_empty(), "the old subscription did not survive");
+}
+
+#[test]
+fn a_connection_lost_while_its_session_is_in_transit_still_ends_the_session() {
+    let mut c = Cluster::new(2);
+    let old = c.open(0, persistent("transit", 100));
+    c.recv(old);
+    c.subscribe(old, "tr/#", QoS::AtLeastOnce);
+    // A new connection asks for the session with expiry 0, and is gone before it arrives.
+    let mut conn = persistent("transit", 0);
+    conn.properties.session_expiry_interval = Some(0);
+    let new = c.open_unsettled(1, conn);
+    c.cores[1].on_closed(new.1, c.now);
+    c.settle();
+    assert_eq!(c.sessions(), 0, "expiry 0 from the last connection: the session ended");
+    let fresh = c.open(1, persistent("transit", 100));
+    assert!(!connack(&c.recv(fresh)).session_present);
+}
+
+#[test]
+fn two_takeovers_racing_hand_the_session_to_the_last_connection() {
+    // Review finding: a takeover that reaches a core whose own connection is still waiting
+    // for the session must not answer "no session".
+    let mut c = Cluster::new(3);
+    let first = c.open(0, persistent("raced", 100));
+    c.recv(first);
+    c.subscribe(first, "race/#", QoS::AtLeastOnce);
+    let second = c.open_unsettled(1, persistent("raced", 100));
+    let third = c.open_unsettled(2, persistent("raced", 100));
+    c.settle();
+    let got = c.recv(third);
+    assert!(connack(&got).session_present, "{got:?}");
+    assert!(c.is_closed(second), "the middle connection was taken over");
+    assert_eq!(c.sessions(), 1);
+    let publisher = c.open(0, connect("p", ProtocolVersion::V5));
+    c.recv(publisher);
+    c.publish(publisher, "race/1", "x", QoS::AtLeastOnce, 3);
+    assert_eq!(publishes(&c.recv(third)).len(), 1, "subscriptions route to the winner");
 }

@@ -14,21 +14,22 @@ use bytes::Bytes;
 #[derive(Debug, Default)]
 pub struct Registry {
     owners: Mutex<HashMap<Bytes, (usize, u64)>>,
-    next_epoch: AtomicU64,
+    next_token: AtomicU64,
 }
 
 /// The result of claiming a client id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claim {
-    /// The new incarnation number for the session on the claiming core.
-    pub epoch: u64,
+    /// Identifies this claim; tokens grow in claim order (they are taken under the lock),
+    /// so a shard can tell a newer route for a session from an older one.
+    pub token: u64,
     /// The core that held the id before, if any.
     pub previous_core: Option<usize>,
 }
 
 impl Registry {
     pub fn new() -> Registry {
-        Registry { owners: Mutex::new(HashMap::new()), next_epoch: AtomicU64::new(1) }
+        Registry { owners: Mutex::new(HashMap::new()), next_token: AtomicU64::new(1) }
     }
 
     fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<Bytes, (usize, u64)>> {
@@ -38,12 +39,13 @@ impl Registry {
     }
 
     pub fn claim(&self, client_id: &Bytes, core: usize) -> Claim {
-        let epoch = self.next_epoch.fetch_add(1, Ordering::Relaxed);
-        let previous = self.owners().insert(client_id.clone(), (core, epoch));
-        Claim { epoch, previous_core: previous.map(|(c, _)| c) }
+        let mut owners = self.owners();
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let previous = owners.insert(client_id.clone(), (core, token));
+        Claim { token, previous_core: previous.map(|(c, _)| c) }
     }
 
-    /// Forgets the id if it still belongs to this incarnation.
+    /// Forgets the id if it still belongs to this claim.
     pub fn release(&self, client_id: &Bytes, epoch: u64) {
         let mut owners = self.owners();
         if owners.get(client_id).is_some_and(|&(_, e)| e == epoch) {
@@ -51,7 +53,7 @@ impl Registry {
         }
     }
 
-    /// Whether this incarnation still owns the id.
+    /// Whether this claim still owns the id.
     pub fn owns(&self, client_id: &Bytes, epoch: u64) -> bool {
         self.owners().get(client_id).is_some_and(|&(_, e)| e == epoch)
     }

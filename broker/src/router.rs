@@ -19,7 +19,12 @@ use crate::message::SharedMessage;
 pub struct SessionRef {
     pub client_id: Bytes,
     pub core: usize,
+    /// The session's incarnation: stays the same while the session continues, across
+    /// reconnects and moves between cores.
     pub epoch: u64,
+    /// The registry claim under which this route was made; a route with an older claim
+    /// never replaces a newer one (messages from different cores can arrive out of order).
+    pub claim: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -118,7 +123,9 @@ impl SubscriptionIndex {
         };
         match list.iter_mut().find(|s| s.session.client_id == sub.session.client_id) {
             Some(existing) => {
-                *existing = sub;
+                if sub.session.claim >= existing.session.claim {
+                    *existing = sub;
+                }
                 false
             }
             None => {
@@ -414,7 +421,7 @@ mod tests {
 
     fn sub(client: &'static str, qos: QoS, id: Option<u32>) -> Subscriber {
         Subscriber {
-            session: SessionRef { client_id: Bytes::from_static(client.as_bytes()), core: 0, epoch: 1 },
+            session: SessionRef { client_id: Bytes::from_static(client.as_bytes()), core: 0, epoch: 1, claim: 1 },
             options: SubscriptionOptions { qos, ..Default::default() },
             subscription_id: id,
         }

@@ -52,8 +52,11 @@ pub struct StoredSubscription {
 #[derive(Debug)]
 pub struct Session {
     pub client_id: Bytes,
-    /// Incarnation number from the registry; shards tag subscriptions with it.
+    /// Incarnation number: the claim token that created the session. Shards tag
+    /// subscriptions with it; it does not change while the session continues.
     pub epoch: u64,
+    /// The registry claim currently holding the session (changes on every takeover).
+    pub claim: u64,
     pub conn: Option<ConnId>,
     pub version: ProtocolVersion,
     /// Seconds after disconnect; `u32::MAX` never expires.
@@ -79,6 +82,7 @@ impl Session {
         Session {
             client_id,
             epoch,
+            claim: epoch,
             conn: None,
             version,
             expiry_interval: 0,
