@@ -809,7 +809,7 @@ impl Core {
     fn on_puback(&mut self, id: ConnId, pkid: u16, now: Instant) {
         self.with_session(id, |s, c, w, limits, stats| {
             if s.inflight.get(&pkid).is_some_and(|f| f.out.qos == QoS::AtLeastOnce) {
-                s.inflight.remove(&pkid);
+                session::complete(s, pkid);
                 session::pump(s, c, limits, now, w, stats);
             }
         });
@@ -821,7 +821,7 @@ impl Core {
                 Some(f) if f.out.qos == QoS::ExactlyOnce => {
                     if a.reason >= 0x80 {
                         // The receiver refused it: the exchange ends here.
-                        s.inflight.remove(&a.pkid);
+                        session::complete(s, a.pkid);
                         session::pump(s, c, limits, now, w, stats);
                     } else {
                         f.released = true;
@@ -836,7 +836,7 @@ impl Core {
     fn on_pubcomp(&mut self, id: ConnId, pkid: u16, now: Instant) {
         self.with_session(id, |s, c, w, limits, stats| {
             if s.inflight.get(&pkid).is_some_and(|f| f.released) {
-                s.inflight.remove(&pkid);
+                session::complete(s, pkid);
                 session::pump(s, c, limits, now, w, stats);
             }
         });
@@ -1056,8 +1056,9 @@ impl Core {
             }
             session.expiry_interval = new_expiry;
         }
-        // The will is discarded on a normal DISCONNECT [MQTT-3.1.2-10], kept for 0x04.
-        let will = d.reason == reason::DISCONNECT_WITH_WILL_MESSAGE;
+        // The will is discarded only on a normal DISCONNECT (0x00) [MQTT-3.1.2-10]; 0x04 and
+        // error reasons keep it [MQTT-3.1.2-8].
+        let will = d.reason != reason::NORMAL_DISCONNECTION;
         self.close(id, CloseWith { reason: None, will }, now);
     }
 

@@ -593,7 +593,6 @@ fn a_client_publish_with_a_subscription_identifier_is_a_protocol_error() {
     assert!(matches!(got.as_slice(), [Packet::Disconnect(d)] if d.reason == reason::PROTOCOL_ERROR), "{got:?}");
 }
 
-
 /// A topic whose shard is `core` in a cluster of `n`.
 fn topic_on(core: usize, n: usize) -> &'static str {
     let t = (0..).map(|i| format!("owned/{i}")).find(|t| super::shard_of(t.as_bytes(), n) == core).expect("some topic");
@@ -685,4 +684,70 @@ fn two_takeovers_racing_hand_the_session_to_the_last_connection() {
     c.recv(publisher);
     c.publish(publisher, "race/1", "x", QoS::AtLeastOnce, 3);
     assert_eq!(publishes(&c.recv(third)).len(), 1, "subscriptions route to the winner");
+}
+
+fn with_receive_max(mut c: Connect, rm: u16, max_packet: Option<u32>) -> Connect {
+    c.properties.receive_maximum = Some(rm);
+    c.properties.maximum_packet_size = max_packet;
+    c
+}
+
+#[test]
+fn resume_resends_only_what_the_new_receive_maximum_allows() {
+    // [MQTT-3.3.4-9]: the quota is not carried over; the new connection's applies.
+    let mut c = Cluster::new(2);
+    let sub = c.open(0, with_receive_max(persistent("rm", 100), 10, None));
+    c.recv(sub);
+    c.subscribe(sub, "rm", QoS::AtLeastOnce);
+    let publisher = c.open(1, connect("p", ProtocolVersion::V5));
+    c.recv(publisher);
+    for i in 1..=5 {
+        c.publish(publisher, "rm", "x", QoS::AtLeastOnce, i);
+    }
+    assert_eq!(publishes(&c.recv(sub)).len(), 5);
+    c.drop_socket(sub);
+    let sub = c.open(1, with_receive_max(persistent("rm", 100), 2, None));
+    let got = c.recv(sub);
+    let first = publishes(&got);
+    assert_eq!(first.len(), 2, "{got:?}");
+    assert!(first.iter().all(|p| p.dup));
+    let pkid = first[0].pkid;
+    c.send(sub, Packet::PubAck(Ack::new(pkid, 0)));
+    let more = c.recv(sub);
+    assert_eq!(publishes(&more).len(), 1, "one freed slot, one more resend");
+}
+
+#[test]
+fn a_resend_too_large_for_the_new_connection_is_abandoned_not_stuck() {
+    // [MQTT-3.1.2-25]: act as if it were sent; the window must not stay blocked by it.
+    let mut c = Cluster::new(1);
+    let sub = c.open(0, with_receive_max(persistent("big", 100), 1, None));
+    c.recv(sub);
+    c.subscribe(sub, "big/+", QoS::AtLeastOnce);
+    let publisher = c.open(0, connect("p", ProtocolVersion::V5));
+    c.recv(publisher);
+    c.publish(publisher, "big/1", "a payload too large for 40 bytes in total, surely", QoS::AtLeastOnce, 1);
+    assert_eq!(publishes(&c.recv(sub)).len(), 1);
+    c.drop_socket(sub);
+    let sub = c.open(0, with_receive_max(persistent("big", 100), 1, Some(40)));
+    assert!(publishes(&c.recv(sub)).is_empty(), "too large to resend");
+    c.publish(publisher, "big/2", "small", QoS::AtLeastOnce, 2);
+    let got = c.recv(sub);
+    assert_eq!(publishes(&got).len(), 1, "the window is free: {got:?}");
+}
+
+#[test]
+fn disconnect_with_an_error_reason_publishes_the_will() {
+    // [MQTT-3.1.2-8]: only reason 0x00 discards the will.
+    let mut c = Cluster::new(1);
+    let watcher = c.open(0, connect("watcher", ProtocolVersion::V5));
+    c.recv(watcher);
+    c.subscribe(watcher, "wills/+", QoS::AtMostOnce);
+    let failing = c.open(0, with_will(connect("failing", ProtocolVersion::V5), "wills/failing", None));
+    c.recv(failing);
+    c.send(
+        failing,
+        Packet::Disconnect(Disconnect { reason: reason::UNSPECIFIED_ERROR, properties: Properties::default() }),
+    );
+    assert_eq!(publishes(&c.recv(watcher)).len(), 1);
 }

@@ -65,6 +65,9 @@ pub struct Session {
     /// Keyed by the full filter as subscribed (including any `$share/group/` prefix).
     pub subscriptions: HashMap<Bytes, StoredSubscription>,
     pub inflight: HashMap<u16, Inflight>,
+    /// Inflight packet ids not yet resent on the current connection, oldest first: after a
+    /// reconnect they go out as the new connection's Receive Maximum allows [MQTT-3.3.4-9].
+    pub resend: VecDeque<u16>,
     pub next_seq: u64,
     pub next_pkid: u16,
     pub queue: VecDeque<Outgoing>,
@@ -89,6 +92,7 @@ impl Session {
             expires_at: None,
             subscriptions: HashMap::new(),
             inflight: HashMap::new(),
+            resend: VecDeque::new(),
             next_seq: 0,
             next_pkid: 1,
             queue: VecDeque::new(),
@@ -317,7 +321,7 @@ pub fn offer(
         send_publish(conn, &out, 0, false, now, w, stats);
         return;
     }
-    if !session.queue.is_empty() || session.inflight.len() >= window(conn, limits) {
+    if !session.queue.is_empty() || !session.resend.is_empty() || in_use(session) >= window(conn, limits) {
         session.enqueue(out, limits, stats);
         return;
     }
@@ -326,6 +330,18 @@ pub fn offer(
 
 fn window(conn: &Conn, limits: Limits) -> usize {
     usize::from(conn.client_receive_max.min(limits.max_inflight))
+}
+
+/// QoS 1/2 publishes sent on the current connection and not yet completed.
+fn in_use(session: &Session) -> usize {
+    session.inflight.len() - session.resend.len()
+}
+
+/// Removes an acknowledged (or abandoned) outbound exchange.
+pub fn complete(session: &mut Session, pkid: u16) {
+    if session.inflight.remove(&pkid).is_some() && !session.resend.is_empty() {
+        session.resend.retain(|&id| id != pkid);
+    }
 }
 
 fn start_inflight(
@@ -357,7 +373,22 @@ pub fn pump(
     w: &mut Writer<'_>,
     stats: &mut Stats,
 ) {
-    while session.inflight.len() < window(conn, limits) {
+    while in_use(session) < window(conn, limits) {
+        if let Some(pkid) = session.resend.pop_front() {
+            let Some(f) = session.inflight.get(&pkid) else { continue };
+            if f.released {
+                w.packet(conn, &Packet::PubRel(Ack::new(pkid, 0)));
+            } else {
+                // Delivery already started, so an expired message is still completed
+                // ([MQTT-3.3.2-5] only deletes copies not yet sent). One that no longer
+                // fits the client's Maximum Packet Size is abandoned [MQTT-3.1.2-25].
+                let out = f.out.clone();
+                if !send_publish(conn, &out, pkid, true, now, w, stats) {
+                    session.inflight.remove(&pkid);
+                }
+            }
+            continue;
+        }
         let Some(out) = session.queue.pop_front() else { break };
         if out.msg.is_expired(now) {
             stats.dropped_expired += 1;
@@ -372,7 +403,8 @@ pub fn pump(
 }
 
 /// Resends every unacknowledged outbound message in its original order: PUBLISH with DUP
-/// for those not yet PUBREC'd, PUBREL for those that were [MQTT-4.4.0-1].
+/// for those not yet PUBREC'd, PUBREL for those that were [MQTT-4.4.0-1], as many as the
+/// new connection's Receive Maximum allows (the rest as acknowledgements free the window).
 pub fn resume(
     session: &mut Session,
     conn: &mut Conn,
@@ -383,19 +415,7 @@ pub fn resume(
 ) {
     let mut order: Vec<(u64, u16)> = session.inflight.iter().map(|(id, f)| (f.seq, *id)).collect();
     order.sort_unstable();
-    for (_, pkid) in order {
-        let Some(f) = session.inflight.get(&pkid) else { continue };
-        if f.released {
-            w.packet(conn, &Packet::PubRel(Ack::new(pkid, 0)));
-        } else if f.out.msg.is_expired(now) && conn.version.is_v5() {
-            // An expired message is not resent; the id is freed.
-            session.inflight.remove(&pkid);
-            stats.dropped_expired += 1;
-        } else {
-            let out = f.out.clone();
-            send_publish(conn, &out, pkid, true, now, w, stats);
-        }
-    }
+    session.resend = order.into_iter().map(|(_, pkid)| pkid).collect();
     pump(session, conn, limits, now, w, stats);
 }
 
