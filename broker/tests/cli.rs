@@ -85,7 +85,16 @@ async fn startup_line_names_version_runtime_cores_and_address() {
         return;
     }
     let broker = BrokerOpts::new().cores(2).log_level("info").start().await;
-    let log = broker.log_text();
+    // The port accepts connections as soon as it is bound, a moment before the line is
+    // written: wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = broker.log_text();
+        if log.contains("listening on") || std::time::Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let line = log.lines().find(|l| l.contains("listening on")).unwrap_or_else(|| panic!("no startup line in {log}"));
     assert!(line.contains(env!("CARGO_PKG_VERSION")), "{line}");
     assert!(line.contains("runtime tokio") && line.contains("2 cores"), "{line}");
