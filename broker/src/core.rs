@@ -24,7 +24,7 @@ use crate::codec::{
     SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
 };
 use crate::config::Config;
-use crate::message::{Message, SharedMessage};
+use crate::message::{detach_properties, owned, Message, SharedMessage};
 use crate::registry::Registry;
 use crate::router::{RetainedStore, SessionRef, Subscriber, SubscriptionIndex, Target};
 use crate::session::{self, Conn, ConnId, FanoutCache, Limits, Outgoing, Phase, Session, StoredSubscription, Writer};
@@ -275,11 +275,8 @@ impl Core {
     pub fn on_accept(&mut self, now: Instant) -> ConnId {
         let id = self.next_conn;
         self.next_conn += 1;
-        let conn = Conn::new(id, now);
-        if let Some(deadline) = conn.keep_alive_deadline() {
-            self.timers.push(Reverse((deadline, Timer::KeepAlive(id))));
-        }
-        self.conns.insert(id, conn);
+        self.conns.insert(id, Conn::new(id, now));
+        self.arm_conn_timer(id);
         self.stats.connections_accepted += 1;
         id
     }
@@ -343,6 +340,7 @@ impl Core {
 
     /// Time passed: keep-alive, will delay, session expiry.
     pub fn on_tick(&mut self, now: Instant) {
+        self.prune_timers();
         if self.next_retained_sweep.is_none_or(|t| t <= now) {
             self.retained.remove_expired(now);
             self.next_retained_sweep = Some(now + RETAINED_SWEEP);
@@ -351,10 +349,10 @@ impl Core {
             if *due > now {
                 break;
             }
-            let Some(Reverse((_, timer))) = self.timers.pop() else { break };
+            let Some(Reverse((due, timer))) = self.timers.pop() else { break };
             match timer {
-                Timer::KeepAlive(id) => self.check_keep_alive(id, now),
-                Timer::Session(client_id) => self.check_session(&client_id, now),
+                Timer::KeepAlive(id) => self.check_keep_alive(id, due, now),
+                Timer::Session(client_id) => self.check_session(&client_id, due, now),
                 Timer::Tombstone(client_id) => {
                     if self.moved.get(&client_id).is_some_and(|m| m.2 <= now) {
                         self.moved.remove(&client_id);
@@ -500,7 +498,9 @@ impl Core {
                 return;
             }
         }
-        let mut client_id = c.client_id.clone();
+        // Owned copies: these live as long as the session, and a slice would pin the whole
+        // read buffer it came from.
+        let mut client_id = owned(&c.client_id);
         if client_id.is_empty() {
             if !v5 && !c.clean_start {
                 // [MQTT-3.1.3-8]
@@ -518,7 +518,12 @@ impl Core {
         }
         conn.keep_alive = Duration::from_secs(u64::from(keep_alive));
         conn.clean_start = c.clean_start;
-        conn.will = c.will;
+        conn.will = c.will.map(|mut w| {
+            w.topic = owned(&w.topic);
+            w.payload = owned(&w.payload);
+            detach_properties(&mut w.properties);
+            w
+        });
         if v5 {
             let p = &c.properties;
             conn.client_receive_max = p.receive_maximum.unwrap_or(u16::MAX);
@@ -530,7 +535,11 @@ impl Core {
         }
         if !conn.keep_alive.is_zero() {
             // Not keep_alive_deadline(): the phase is still AwaitingConnect here.
-            self.timers.push(Reverse((now + conn.keep_alive * 3 / 2, Timer::KeepAlive(id))));
+            let deadline = now + conn.keep_alive * 3 / 2;
+            if conn.timer_at.is_none_or(|t| deadline < t) {
+                conn.timer_at = Some(deadline);
+                self.timers.push(Reverse((deadline, Timer::KeepAlive(id))));
+            }
         }
         let claim = self.registry.claim(&client_id, self.id);
         match claim.previous_core {
@@ -582,6 +591,8 @@ impl Core {
         session.expires_at = None;
         session.will = conn.will.take();
         session.will_due = None;
+        // Any heap entry for the session (possibly on another core's heap) is now stale.
+        session.timer_at = None;
 
         let mut props = Properties::default();
         if conn.version.is_v5() {
@@ -704,6 +715,7 @@ impl Core {
         }
         s.will = None;
         s.will_due = None;
+        s.timer_at = None;
         if ends {
             self.end_session(s, now);
             self.send(new_core, CoreMsg::Handoff { client_id, conn, claim: new_claim, session: None });
@@ -733,7 +745,7 @@ impl Core {
                 None => return self.close(id, CloseWith { reason: Some(reason::PROTOCOL_ERROR), will: true }, now),
             },
             Some(alias) => {
-                conn.aliases_in.insert(alias, p.topic.clone());
+                conn.aliases_in.insert(alias, owned(&p.topic));
                 p.topic.clone()
             }
             None => p.topic.clone(),
@@ -768,7 +780,13 @@ impl Core {
             }
         }
         self.stats.messages_in += 1;
-        let msg = Arc::new(Message::from_publish(p, topic, client_id, now));
+        let mut msg = Message::from_publish(p, topic, client_id, now);
+        if qos != QoS::AtMostOnce || msg.retain {
+            // It may wait in queues or the retained store: own its bytes (one copy here,
+            // not one per subscriber).
+            msg = msg.detached();
+        }
+        let msg = Arc::new(msg);
         let ack = (qos != QoS::AtMostOnce).then_some(PublishAck { core: self.id, conn: id, pkid, qos });
         let shard = shard_of(&msg.topic, self.cores);
         self.send(shard, CoreMsg::Publish { msg, ack });
@@ -891,7 +909,7 @@ impl Core {
         let mut outstanding = 0;
         for (index, filter, stored, want_retained) in accepted {
             if let Some(session) = self.sessions.get_mut(&client_id) {
-                session.subscriptions.insert(filter.clone(), stored.clone());
+                session.subscriptions.insert(owned(&filter), stored.clone());
             }
             outstanding += self.route_subscribe(
                 Some((RequestRef { core: self.id, id: req_id }, index)),
@@ -1062,14 +1080,48 @@ impl Core {
         self.close(id, CloseWith { reason: None, will }, now);
     }
 
-    fn check_keep_alive(&mut self, id: ConnId, now: Instant) {
-        let Some(deadline) = self.conns.get(&id).and_then(|c| c.keep_alive_deadline()) else { return };
+    /// Each connection has at most one live entry in the timer heap: the one whose due
+    /// time is `conn.timer_at`. Others are stale and ignored.
+    fn arm_conn_timer(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(deadline) = conn.keep_alive_deadline() else { return };
+        if conn.timer_at.is_none_or(|t| deadline < t) {
+            conn.timer_at = Some(deadline);
+            self.timers.push(Reverse((deadline, Timer::KeepAlive(id))));
+        }
+    }
+
+    fn check_keep_alive(&mut self, id: ConnId, due: Instant, now: Instant) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        if conn.timer_at != Some(due) {
+            return;
+        }
+        conn.timer_at = None;
+        let Some(deadline) = conn.keep_alive_deadline() else { return };
         if deadline <= now {
             tracing::debug!(conn = id, "keep-alive timeout");
             self.close(id, CloseWith { reason: Some(reason::KEEP_ALIVE_TIMEOUT), will: true }, now);
         } else {
-            self.timers.push(Reverse((deadline, Timer::KeepAlive(id))));
+            self.arm_conn_timer(id);
         }
+    }
+
+    /// Drops stale timer entries when they outnumber live ones, so that connection churn
+    /// cannot grow the heap (entries of closed connections would otherwise wait for their
+    /// due time, up to a day for a long keep-alive).
+    fn prune_timers(&mut self) {
+        let live = self.conns.len() + self.sessions.len() + self.moved.len();
+        if self.timers.len() <= 2 * live + 1024 {
+            return;
+        }
+        let conns = &self.conns;
+        let sessions = &self.sessions;
+        let moved = &self.moved;
+        self.timers.retain(|Reverse((due, t))| match t {
+            Timer::KeepAlive(id) => conns.get(id).is_some_and(|c| c.timer_at == Some(*due)),
+            Timer::Session(id) => sessions.get(id).is_some_and(|s| s.timer_at == Some(*due)),
+            Timer::Tombstone(id) => moved.contains_key(id),
+        });
     }
 
     /// Closes a connection from the broker side and detaches its session.
@@ -1129,15 +1181,17 @@ impl Core {
         }
     }
 
-    fn park_session(&mut self, session: Session, _now: Instant) {
-        if let Some(due) = session.next_due() {
-            self.timers.push(Reverse((due, Timer::Session(session.client_id.clone()))));
-        }
+    fn park_session(&mut self, mut session: Session, _now: Instant) {
+        arm_session_timer(&mut session, &mut self.timers);
         self.sessions.insert(session.client_id.clone(), session);
     }
 
-    fn check_session(&mut self, client_id: &Bytes, now: Instant) {
+    fn check_session(&mut self, client_id: &Bytes, due: Instant, now: Instant) {
         let Some(session) = self.sessions.get_mut(client_id) else { return };
+        if session.timer_at != Some(due) {
+            return;
+        }
+        session.timer_at = None;
         if session.conn.is_some() {
             return;
         }
@@ -1154,8 +1208,8 @@ impl Core {
                 self.publish_will(&cid, w, now);
             }
         }
-        if let Some(due) = self.sessions.get(client_id).and_then(Session::next_due) {
-            self.timers.push(Reverse((due, Timer::Session(client_id.clone()))));
+        if let Some(session) = self.sessions.get_mut(client_id) {
+            arm_session_timer(session, &mut self.timers);
         }
     }
 
@@ -1281,6 +1335,16 @@ impl Core {
         let conn = session.conn.and_then(|id| self.conns.get_mut(&id));
         let mut w = Writer { out: &mut self.writes, scratch: &mut self.scratch, cache: &mut self.fanout };
         session::offer(session, conn, out, self.limits, now, &mut w, &mut self.stats);
+    }
+}
+
+/// Keeps one live heap entry per session (see `Core::arm_conn_timer`).
+fn arm_session_timer(session: &mut Session, timers: &mut BinaryHeap<Reverse<(Instant, Timer)>>) {
+    if let Some(due) = session.next_due() {
+        if session.timer_at.is_none_or(|t| due < t) {
+            session.timer_at = Some(due);
+            timers.push(Reverse((due, Timer::Session(session.client_id.clone()))));
+        }
     }
 }
 

@@ -751,3 +751,21 @@ fn disconnect_with_an_error_reason_publishes_the_will() {
     );
     assert_eq!(publishes(&c.recv(watcher)).len(), 1);
 }
+
+#[test]
+fn connection_churn_does_not_grow_the_timer_heap() {
+    // Review finding: timer entries of closed connections (keep alive up to 65535 s) must
+    // not accumulate.
+    let mut c = Cluster::new(1);
+    for i in 0..5_000 {
+        let mut conn = connect("churn", ProtocolVersion::V311);
+        conn.keep_alive = 65_535;
+        let client = c.open(0, conn);
+        c.drop_socket(client);
+        if i % 500 == 0 {
+            c.advance(Duration::from_millis(100));
+        }
+    }
+    c.advance(Duration::from_millis(100));
+    assert!(c.cores[0].timers.len() <= 1_100, "{} timer entries for no connection", c.cores[0].timers.len());
+}

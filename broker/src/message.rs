@@ -27,6 +27,24 @@ pub struct Message {
 
 pub type SharedMessage = Arc<Message>;
 
+/// A copy of `b` in its own allocation (see [`Message::detached`]).
+pub fn owned(b: &Bytes) -> Bytes {
+    Bytes::copy_from_slice(b)
+}
+
+/// Makes every byte field of `p` own its bytes.
+pub fn detach_properties(p: &mut Properties) {
+    for field in [&mut p.content_type, &mut p.response_topic, &mut p.correlation_data] {
+        if let Some(b) = field {
+            *b = owned(b);
+        }
+    }
+    for (k, v) in &mut p.user_properties {
+        *k = owned(k);
+        *v = owned(v);
+    }
+}
+
 impl Message {
     /// Builds the routed message from an inbound PUBLISH whose topic alias is already
     /// resolved into `topic`.
@@ -39,6 +57,21 @@ impl Message {
         properties.topic_alias = None;
         properties.subscription_identifiers.clear();
         Message { topic, payload: p.payload, qos: p.qos, retain: p.retain, properties, publisher, expires_at }
+    }
+
+    /// A copy that owns its bytes. Decoded fields are slices of the read buffer, and a slice
+    /// keeps the whole buffer allocation alive; a message that may be stored for long (QoS
+    /// 1/2 in queues, retained) is detached once so it pins only its own bytes.
+    pub fn detached(mut self) -> Message {
+        let mut buf = bytes::BytesMut::with_capacity(self.topic.len() + self.payload.len());
+        buf.extend_from_slice(&self.topic);
+        buf.extend_from_slice(&self.payload);
+        let mut all = buf.freeze();
+        self.payload = all.split_off(self.topic.len());
+        self.topic = all;
+        self.publisher = owned(&self.publisher);
+        detach_properties(&mut self.properties);
+        self
     }
 
     /// Whether the message has expired; expired messages are never sent [MQTT-3.3.2-5].

@@ -106,7 +106,8 @@ impl SubscriptionIndex {
     pub fn subscribe(&mut self, filter: &Bytes, group: Option<&Bytes>, sub: Subscriber) -> bool {
         let mut node = &mut self.root;
         for level in levels(filter) {
-            node = node.children.entry(level).or_default();
+            // Trie keys outlive the packet they came from: own them.
+            node = node.children.entry(Bytes::copy_from_slice(&level)).or_default();
         }
         let list = match group {
             None => &mut node.subscribers,
@@ -312,7 +313,7 @@ impl RetainedStore {
         }
         let mut node = &mut self.root;
         for level in levels(&msg.topic) {
-            node = node.children.entry(level).or_default();
+            node = node.children.entry(Bytes::copy_from_slice(&level)).or_default();
         }
         if node.message.replace(msg.clone()).is_none() {
             self.count += 1;

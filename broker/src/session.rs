@@ -78,6 +78,8 @@ pub struct Session {
     pub will: Option<Will>,
     /// When a delayed will becomes due (connection lost, will delay running).
     pub will_due: Option<Instant>,
+    /// Due time of this session's one live timer-heap entry.
+    pub timer_at: Option<Instant>,
 }
 
 impl Session {
@@ -99,6 +101,7 @@ impl Session {
             incoming_qos2: HashSet::new(),
             will: None,
             will_due: None,
+            timer_at: None,
         }
     }
 
@@ -156,6 +159,8 @@ pub enum Phase {
 pub struct Conn {
     pub id: ConnId,
     pub accepted_at: Instant,
+    /// Due time of this connection's one live timer-heap entry.
+    pub timer_at: Option<Instant>,
     pub phase: Phase,
     pub version: ProtocolVersion,
     pub client_id: Bytes,
@@ -186,6 +191,7 @@ impl Conn {
         Conn {
             id,
             accepted_at: now,
+            timer_at: None,
             phase: Phase::AwaitingConnect,
             version: ProtocolVersion::V311,
             client_id: Bytes::new(),
@@ -465,7 +471,7 @@ fn send_publish(
         return false;
     }
     if let Some(alias) = new_alias {
-        conn.aliases_out.insert(msg.topic.clone(), alias);
+        conn.aliases_out.insert(crate::message::owned(&msg.topic), alias);
     }
     let cacheable = out.qos == QoS::AtMostOnce && p.properties.topic_alias.is_none() && out.subscription_ids.is_empty();
     if cacheable {
