@@ -325,6 +325,11 @@ impl Core {
         }
     }
 
+    /// Bytes handed to the writer of this connection and not yet written.
+    pub fn pending_write(&self, id: ConnId) -> usize {
+        self.conns.get(&id).map_or(0, |c| c.pending_write)
+    }
+
     /// The writer wrote `n` bytes of this connection's queue.
     pub fn on_written(&mut self, id: ConnId, n: usize) {
         if let Some(c) = self.conns.get_mut(&id) {

@@ -34,10 +34,8 @@ pub fn owned(b: &Bytes) -> Bytes {
 
 /// Makes every byte field of `p` own its bytes.
 pub fn detach_properties(p: &mut Properties) {
-    for field in [&mut p.content_type, &mut p.response_topic, &mut p.correlation_data] {
-        if let Some(b) = field {
-            *b = owned(b);
-        }
+    for b in [&mut p.content_type, &mut p.response_topic, &mut p.correlation_data].into_iter().flatten() {
+        *b = owned(b);
     }
     for (k, v) in &mut p.user_properties {
         *k = owned(k);

@@ -119,6 +119,11 @@ struct ConnIo {
     closing: Cell<bool>,
     /// The reader saw end of stream or an error.
     reader_done: Cell<bool>,
+    /// The writer finished (the socket is closed or about to be).
+    writer_done: Cell<bool>,
+    /// Rung by the writer after each write, for a reader waiting on a full write queue.
+    drained: rt::LocalSignal,
+    closer: rt::Closer,
 }
 
 struct Driver {
@@ -189,14 +194,25 @@ async fn accept_loop(driver: Rc<Driver>, listener: rt::Listener) {
 fn serve(driver: &Rc<Driver>, stream: rt::Stream) {
     let id = driver.core.borrow_mut().on_accept(Instant::now());
     tracing::debug!(core = driver.id, conn = id, "connection accepted");
+    let (r, w, closer) = match stream.into_split() {
+        Ok(parts) => parts,
+        Err(e) => {
+            tracing::warn!(core = driver.id, error = %e, "could not set up a connection");
+            driver.core.borrow_mut().on_closed(id, Instant::now());
+            driver.dispatch();
+            return;
+        }
+    };
     let io = Rc::new(ConnIo {
         queue: RefCell::new(Vec::new()),
         signal: rt::LocalSignal::default(),
         closing: Cell::new(false),
         reader_done: Cell::new(false),
+        writer_done: Cell::new(false),
+        drained: rt::LocalSignal::default(),
+        closer,
     });
     driver.conns.borrow_mut().insert(id, Rc::clone(&io));
-    let (r, w) = stream.into_split();
     rt::spawn_local(read_loop(Rc::clone(driver), id, r, Rc::clone(&io)));
     rt::spawn_local(write_loop(Rc::clone(driver), id, w, io));
 }
@@ -218,6 +234,11 @@ async fn read_loop(driver: Rc<Driver>, id: ConnId, mut r: rt::ReadHalf, io: Rc<C
                 driver.core.borrow_mut().on_bytes(id, &mut buf, Instant::now());
                 driver.dispatch();
             }
+        }
+        // A client that sends but does not read (PINGREQs, QoS 1 publishes whose PUBACKs
+        // pile up) is not read from while its write queue is over the limit.
+        while !io.closing.get() && driver.core.borrow().pending_write(id) > driver.shared.config.max_write_buffer {
+            io.drained.wait().await;
         }
         while driver.overflow_len.get() > OVERFLOW_PAUSE {
             rt::sleep(Duration::from_millis(1)).await;
@@ -243,6 +264,7 @@ async fn write_loop(driver: Rc<Driver>, id: ConnId, mut w: rt::WriteHalf, io: Rc
         let (res, emptied) = w.write_all(chunks).await;
         spare = emptied;
         driver.core.borrow_mut().on_written(id, n);
+        io.drained.signal();
         if res.is_err() {
             driver.core.borrow_mut().on_closed(id, Instant::now());
             driver.dispatch();
@@ -257,6 +279,8 @@ async fn write_loop(driver: Rc<Driver>, id: ConnId, mut w: rt::WriteHalf, io: Rc
         }
     }
     let _ = w.close();
+    io.writer_done.set(true);
+    io.drained.signal();
     driver.conns.borrow_mut().remove(&id);
 }
 
@@ -329,7 +353,17 @@ impl Driver {
                     }
                     Action::Close(id) => {
                         if let Some(io) = conns.get(&id) {
-                            io.closing.set(true);
+                            if !io.closing.replace(true) {
+                                // A writer blocked on a peer that stopped reading would never
+                                // see the close: end the socket after the linger time.
+                                let io = Rc::clone(io);
+                                rt::spawn_local(async move {
+                                    rt::sleep(LINGER + Duration::from_secs(1)).await;
+                                    if !io.writer_done.get() {
+                                        io.closer.close();
+                                    }
+                                });
+                            }
                             io.signal.signal();
                         }
                     }

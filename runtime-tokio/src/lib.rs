@@ -186,10 +186,25 @@ impl Stream {
         self.inner.into_std()
     }
 
-    /// Splits into independently owned read and write halves (one task reads, one writes).
-    pub fn into_split(self) -> (ReadHalf, WriteHalf) {
-        let (r, w) = self.inner.into_split();
-        (ReadHalf { inner: r }, WriteHalf { inner: w })
+    /// Splits into independently owned read and write halves (one task reads, one writes)
+    /// and a [`Closer`] that can end the connection while either half is blocked.
+    pub fn into_split(self) -> io::Result<(ReadHalf, WriteHalf, Closer)> {
+        let std = self.inner.into_std()?;
+        let closer = Closer { socket: std.try_clone()? };
+        let (r, w) = tokio::net::TcpStream::from_std(std)?.into_split();
+        Ok((ReadHalf { inner: r }, WriteHalf { inner: w }, closer))
+    }
+}
+
+/// Shuts a connection down from outside its read and write tasks: a write blocked on a
+/// peer that stopped reading, or a read waiting on a silent peer, returns at once.
+pub struct Closer {
+    socket: std::net::TcpStream,
+}
+
+impl Closer {
+    pub fn close(&self) {
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
     }
 }
 
