@@ -25,7 +25,7 @@
 set -euo pipefail
 
 usage() {
-  sed -n '7,13p' "$0" >&2
+  sed -n '7,11p' "$0" >&2
   exit 2
 }
 
