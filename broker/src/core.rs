@@ -1022,14 +1022,8 @@ impl Core {
                 // Retained messages follow the SUBACK, with RETAIN set [MQTT-3.3.1-8].
                 let Some(client_id) = self.conns.get(&conn).map(|c| c.client_id.clone()) else { return };
                 for (index, msg) in retained {
-                    let Some(&(granted, sub_id)) = filters.get(index) else { continue };
-                    let out = Outgoing {
-                        qos: granted.min(msg.qos),
-                        retain: true,
-                        subscription_ids: sub_id.into_iter().collect(),
-                        msg,
-                    };
-                    self.offer(&client_id, out, now);
+                    let Some(&granted) = filters.get(index) else { continue };
+                    self.offer_retained(&client_id, msg, granted, now);
                 }
             }
             Pending::UnsubAck { conn, pkid, reasons, .. } => {
@@ -1041,6 +1035,14 @@ impl Core {
         }
     }
 
+    /// Sends a retained message on subscribe: RETAIN set [MQTT-3.3.1-8], QoS the lower of
+    /// the message's and the granted one, with the filter's subscription identifier.
+    fn offer_retained(&mut self, client_id: &Bytes, msg: SharedMessage, granted: (QoS, Option<u32>), now: Instant) {
+        let (qos, sub_id) = granted;
+        let out = Outgoing { qos: qos.min(msg.qos), retain: true, subscription_ids: sub_id.into_iter().collect(), msg };
+        self.offer(client_id, out, now);
+    }
+
     fn request_reply(
         &mut self,
         req_id: u64,
@@ -1049,11 +1051,26 @@ impl Core {
         now: Instant,
     ) {
         let done = match self.pending.get_mut(&req_id) {
-            Some(Pending::SubAck { outstanding, retained: r, .. }) => {
-                if let Some(i) = filter_index {
-                    r.extend(retained.drain(..).map(|m| (i, m)));
-                }
+            Some(Pending::SubAck { outstanding, retained: r, conn, filters, .. }) => {
                 *outstanding -= 1;
+                if let Some(i) = filter_index {
+                    if *outstanding == 0 {
+                        // The last reply: SUBACK first, then these (in finish_request).
+                        r.extend(retained.drain(..).map(|m| (i, m)));
+                    } else if !retained.is_empty() {
+                        // More shards to hear from: send this shard's retained messages now,
+                        // ahead of the live messages it routes from here on (which would
+                        // otherwise overtake them). PUBLISH before SUBACK is allowed (3.8.4).
+                        let (conn, granted) = (*conn, filters.get(i).copied());
+                        let client_id = self.conns.get(&conn).map(|c| c.client_id.clone());
+                        if let (Some(client_id), Some(granted)) = (client_id, granted) {
+                            for msg in retained.drain(..) {
+                                self.offer_retained(&client_id, msg, granted, now);
+                            }
+                        }
+                        return;
+                    }
+                }
                 *outstanding == 0
             }
             Some(Pending::UnsubAck { outstanding, .. }) => {
