@@ -829,6 +829,9 @@ pub enum ReadError {
 pub struct Raw {
     stream: TcpStream,
     buf: BytesMut,
+    /// PUBLISH frames that arrived ahead of an awaited SUBACK (allowed by spec 3.8.4:
+    /// retained messages may precede the SUBACK); handed out first by later reads.
+    stash: std::collections::VecDeque<Frame>,
     pub name: String,
 }
 
@@ -850,7 +853,7 @@ impl Raw {
         let stream =
             within(TIMEOUT, "TCP connect", TcpStream::connect(("127.0.0.1", port))).await.expect("TCP connect");
         stream.set_nodelay(true).expect("nodelay");
-        Raw { stream, buf: BytesMut::with_capacity(4096), name: name.to_string() }
+        Raw { stream, buf: BytesMut::with_capacity(4096), stash: Default::default(), name: name.to_string() }
     }
 
     /// Writes raw bytes. Errors (the peer may already have closed) are
@@ -871,6 +874,9 @@ impl Raw {
 
     /// Reads the next complete frame.
     pub async fn read_frame(&mut self, dur: Duration) -> Result<Frame, ReadError> {
+        if let Some(f) = self.stash.pop_front() {
+            return Ok(f);
+        }
         let deadline = tokio::time::Instant::now() + dur;
         loop {
             if let Some((hl, rl)) = parse_fixed_header(&self.buf) {
@@ -900,6 +906,23 @@ impl Raw {
     pub async fn expect(&mut self, ptype: u8) -> Frame {
         let f = self.recv().await;
         assert_eq!(f.ptype(), ptype, "{}: unexpected packet {f:?}", self.name);
+        f
+    }
+
+    /// The next SUBACK; PUBLISHes that come first are kept for later reads.
+    pub async fn recv_suback(&mut self) -> Frame {
+        let mut early = Vec::new();
+        let f = loop {
+            let f = self.recv().await;
+            if f.ptype() == 3 {
+                early.push(f);
+            } else {
+                break f;
+            }
+        };
+        for e in early.into_iter().rev() {
+            self.stash.push_front(e);
+        }
         f
     }
 
@@ -997,7 +1020,7 @@ impl Raw {
         let mut s = v4::Subscribe::new(filter, qos);
         s.pkid = pkid;
         self.send(|b| s.write(b)).await;
-        match self.recv4().await {
+        match self.recv_suback().await.v4() {
             v4::Packet::SubAck(a) => {
                 assert_eq!(a.pkid, pkid, "{}: SUBACK packet id", self.name);
                 a
@@ -1053,7 +1076,7 @@ impl Raw {
             properties: sub_id.map(|id| v5::SubscribeProperties { id: Some(id), user_properties: vec![] }),
         };
         self.send(|b| s.write(b)).await;
-        match self.recv5().await {
+        match self.recv_suback().await.v5() {
             v5::Packet::SubAck(a) => {
                 assert_eq!(a.pkid, pkid, "{}: SUBACK packet id", self.name);
                 a
