@@ -420,7 +420,9 @@ impl Core {
                 _ => self.close(id, CloseWith { reason: None, will: false }, now),
             },
             Phase::AwaitingSession { pending } => {
-                if pending.len() >= 1024 {
+                // A client may pipeline packets behind CONNECT; a few are normal, hundreds
+                // before the CONNACK are abuse (each may be a full-size packet).
+                if pending.len() >= 128 {
                     self.close(id, CloseWith { reason: Some(reason::RECEIVE_MAXIMUM_EXCEEDED), will: false }, now);
                 } else {
                     pending.push(packet);
@@ -767,7 +769,8 @@ impl Core {
         let qos = p.qos;
         let pkid = p.pkid;
         if qos != QoS::AtMostOnce {
-            // Receive Maximum: unacknowledged QoS 1 plus unreleased QoS 2 [MQTT-3.3.4-9].
+            // Receive Maximum: unacknowledged QoS 1 plus unreleased QoS 2 [MQTT-3.3.4-7].
+            // 3.1.1 has no Receive Maximum; the same bound keeps its state finite.
             let in_use = conn.unacked_qos1 + session.incoming_qos2.len();
             let duplicate_qos2 = qos == QoS::ExactlyOnce && session.incoming_qos2.contains(&pkid);
             if in_use >= max_inflight && !duplicate_qos2 {
@@ -1338,7 +1341,7 @@ impl Core {
                     Outgoing { msg: msg.clone(), qos: t.qos, retain: t.retain, subscription_ids: t.subscription_ids };
                 self.offer(&t.session.client_id, out, now);
             }
-            Some(false) => {}
+            Some(false) => self.stats.dropped_stale_session += 1,
             None => {
                 // The session moved to another core after the shard routed this: forward it.
                 if let Some(&(epoch, core, _)) = self.moved.get(&t.session.client_id) {

@@ -16,6 +16,8 @@ pub struct Stats {
     pub dropped_too_large: u64,
     /// Message expiry interval passed before delivery.
     pub dropped_expired: u64,
+    /// Routed to a session incarnation that has since been replaced (clean start).
+    pub dropped_stale_session: u64,
     /// A cross-core ring was full and the message waited in the sender's overflow queue.
     pub ring_overflows: u64,
 }
