@@ -24,6 +24,32 @@ pub struct Config {
     #[arg(long, env = "PROMPTMQ_STORAGE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
+    /// Keep the write-ahead log: QoS 1/2 and retained messages are appended to the owning
+    /// shard's log under `<data-dir>/wal/`, and retained messages survive restarts.
+    /// `false` runs without a log (for benchmarks against a log-less baseline).
+    #[arg(long, env = "PROMPTMQ_STORAGE_WAL_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub wal_enabled: bool,
+
+    /// When a logged message is durable. `immediate`: PUBACK/PUBREC only after the fdatasync
+    /// that covers it (group commit). `batch`: sync every --wal-batch-sync-size records or
+    /// --wal-sync-interval, whichever first. `periodic`: sync every --wal-sync-interval; a
+    /// crash can lose that interval. `none`: never sync (benchmarks). Acknowledgements wait
+    /// for durability only in `immediate` mode.
+    #[arg(long, env = "PROMPTMQ_STORAGE_WAL_SYNC_MODE", value_enum, default_value_t = WalSyncMode::Immediate)]
+    pub wal_sync_mode: WalSyncMode,
+
+    /// Interval of `periodic` syncs and the longest wait of a `batch` sync, in milliseconds.
+    #[arg(long, env = "PROMPTMQ_STORAGE_WAL_SYNC_INTERVAL", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub wal_sync_interval: u64,
+
+    /// Records after which a `batch` sync happens.
+    #[arg(long, env = "PROMPTMQ_STORAGE_WAL_BATCH_SYNC_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub wal_batch_sync_size: u64,
+
+    /// Size of each WAL segment file in bytes (a multiple of 4096, at least 65536).
+    #[arg(long, env = "PROMPTMQ_STORAGE_WAL_SEGMENT_SIZE", default_value_t = 64 * 1024 * 1024, value_parser = parse_segment_size)]
+    pub wal_segment_size: u64,
+
     /// How connections reach the cores: `reuseport` (each core accepts on its own
     /// SO_REUSEPORT listener; Linux only) or `handoff` (core 0 accepts and hands sockets to
     /// the cores round-robin). The default picks reuseport where the kernel balances it.
@@ -67,6 +93,22 @@ pub struct Config {
     /// dropped (QoS 1/2 wait in the session queue instead).
     #[arg(long, env = "PROMPTMQ_MQTT_MAX_WRITE_BUFFER", default_value_t = 4 * 1024 * 1024)]
     pub max_write_buffer: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WalSyncMode {
+    Immediate,
+    Batch,
+    Periodic,
+    None,
+}
+
+fn parse_segment_size(s: &str) -> Result<u64, String> {
+    let v: u64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v < 65_536 || !v.is_multiple_of(4096) {
+        return Err(format!("{v} is not a multiple of 4096 of at least 65536"));
+    }
+    Ok(v)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

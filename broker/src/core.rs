@@ -25,6 +25,7 @@ use crate::codec::{
 };
 use crate::config::Config;
 use crate::message::{detach_properties, owned, Message, SharedMessage};
+use crate::persist::{self, WallClock};
 use crate::registry::Registry;
 use crate::router::{RetainedStore, SessionRef, Subscriber, SubscriptionIndex, Target};
 use crate::session::{self, Conn, ConnId, FanoutCache, Limits, Outgoing, Phase, Session, StoredSubscription, Writer};
@@ -69,11 +70,12 @@ pub enum CoreMsg {
         ack: Option<PublishAck>,
     },
     /// From the shard: the publish was taken.
+    /// `reason`: success, no matching subscribers, or a failure (the log could not keep it).
     PublishDone {
         conn: ConnId,
         pkid: u16,
         qos: QoS,
-        matched: bool,
+        reason: u8,
     },
     /// From a shard to a session host: deliver `msg` to these sessions.
     Deliver {
@@ -148,6 +150,24 @@ enum Timer {
 }
 
 const RETAINED_SWEEP: Duration = Duration::from_secs(30);
+/// Records waiting for room in the journal's queue beyond which publishes are refused.
+const JOURNAL_BACKLOG_MAX: usize = 100_000;
+
+/// A record waiting for room in the journal: (timestamp, body, the acknowledgement and its
+/// reason code waiting for it).
+type Backlogged = (u64, Vec<u8>, Option<(PublishAck, u8)>);
+
+/// A shard's durable log as the core sees it. Appends never block; durability is reported
+/// asynchronously (the driver calls [`Core::on_durable`] when it may have advanced).
+pub trait Journal {
+    /// Queues a record and returns its sequence number, or gives the body back when the
+    /// queue is full.
+    fn append(&mut self, timestamp_ms: u64, body: Vec<u8>) -> Result<u64, Vec<u8>>;
+    /// Every record up to this sequence number is durable.
+    fn durable_seq(&self) -> u64;
+    /// Whether writing or syncing is currently failing (e.g. full disk).
+    fn failing(&self) -> bool;
+}
 /// How long a core forwards deliveries for a session that moved to another core (they were
 /// routed before the shards learned the new route).
 const TOMBSTONE: Duration = Duration::from_secs(10);
@@ -194,6 +214,16 @@ pub struct Core {
     scratch: BytesMut,
     fanout: FanoutCache,
     route_scratch: Vec<Target>,
+    /// This shard's durable log, if any.
+    journal: Option<Box<dyn Journal>>,
+    wait_for_durable: bool,
+    /// Records not yet accepted by the journal (its queue was full): (timestamp, body,
+    /// acknowledgement waiting for it).
+    journal_backlog: VecDeque<Backlogged>,
+    /// Acknowledgements waiting for their record to be durable, in sequence order.
+    pending_acks: VecDeque<(u64, PublishAck, u8)>,
+    /// Wall clock for durable records.
+    clock: WallClock,
     /// When expired retained messages are next swept out.
     next_retained_sweep: Option<Instant>,
     /// Distinguishes assigned client ids of this process from those of earlier runs.
@@ -215,7 +245,14 @@ pub fn shard_of(topic: &[u8], cores: usize) -> usize {
 impl Core {
     /// `nonce` makes assigned client ids unique across restarts (the driver passes the
     /// start time).
-    pub fn new(id: usize, cores: usize, config: Arc<Config>, registry: Arc<Registry>, nonce: u64) -> Core {
+    pub fn new(
+        id: usize,
+        cores: usize,
+        config: Arc<Config>,
+        registry: Arc<Registry>,
+        nonce: u64,
+        clock: WallClock,
+    ) -> Core {
         let limits = Limits {
             max_inflight: config.max_inflight,
             max_queued: config.max_queued_messages,
@@ -247,6 +284,11 @@ impl Core {
             route_scratch: Vec::new(),
             nonce,
             next_retained_sweep: None,
+            journal: None,
+            wait_for_durable: false,
+            journal_backlog: VecDeque::new(),
+            pending_acks: VecDeque::new(),
+            clock,
             stats: Stats::default(),
         }
     }
@@ -346,6 +388,7 @@ impl Core {
     /// Time passed: keep-alive, will delay, session expiry.
     pub fn on_tick(&mut self, now: Instant) {
         self.prune_timers();
+        self.on_durable(now);
         if self.next_retained_sweep.is_none_or(|t| t <= now) {
             self.retained.remove_expired(now);
             self.next_retained_sweep = Some(now + RETAINED_SWEEP);
@@ -800,9 +843,22 @@ impl Core {
         self.send(shard, CoreMsg::Publish { msg, ack });
     }
 
-    fn on_publish_done(&mut self, id: ConnId, pkid: u16, qos: QoS, matched: bool) {
+    fn on_publish_done(&mut self, id: ConnId, pkid: u16, qos: QoS, code: u8, now: Instant) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
-        let code = if matched || !conn.version.is_v5() { reason::SUCCESS } else { reason::NO_MATCHING_SUBSCRIBERS };
+        if code >= 0x80 {
+            // The message could not be made durable: the publisher must not be told it was
+            // taken. The exchange ends, so a retry with this packet id is a new message.
+            if qos == QoS::ExactlyOnce {
+                if let Some(s) = self.sessions.get_mut(&conn.client_id) {
+                    s.incoming_qos2.remove(&pkid);
+                }
+            }
+            if !conn.version.is_v5() {
+                // 3.1.1 has no failure code for PUBACK/PUBREC: close, the client resends.
+                return self.close(id, CloseWith { reason: None, will: true }, now);
+            }
+        }
+        let code = if conn.version.is_v5() { code } else { reason::SUCCESS };
         let packet = if qos == QoS::ExactlyOnce {
             Packet::PubRec(Ack::new(pkid, code))
         } else {
@@ -1266,7 +1322,7 @@ impl Core {
     fn handle_message(&mut self, msg: CoreMsg, now: Instant) {
         match msg {
             CoreMsg::Publish { msg, ack } => self.shard_publish(msg, ack, now),
-            CoreMsg::PublishDone { conn, pkid, qos, matched } => self.on_publish_done(conn, pkid, qos, matched),
+            CoreMsg::PublishDone { conn, pkid, qos, reason } => self.on_publish_done(conn, pkid, qos, reason, now),
             CoreMsg::Deliver { msg, targets } => {
                 for t in targets {
                     self.deliver(t, &msg, now);
@@ -1328,9 +1384,93 @@ impl Core {
             }
         }
         self.route_scratch = targets;
-        if let Some(a) = ack {
-            self.send(a.core, CoreMsg::PublishDone { conn: a.conn, pkid: a.pkid, qos: a.qos, matched });
+        let code = if matched { reason::SUCCESS } else { reason::NO_MATCHING_SUBSCRIBERS };
+        let logged = self.journal.is_some() && (msg.qos != QoS::AtMostOnce || msg.retain);
+        if !logged {
+            if let Some(a) = ack {
+                self.send(a.core, CoreMsg::PublishDone { conn: a.conn, pkid: a.pkid, qos: a.qos, reason: code });
+            }
+            return;
         }
+        // Append to the shard's log. In immediate mode the acknowledgement waits for the
+        // sync that covers the record; otherwise it goes now.
+        let body = persist::encode_message(&msg, &self.clock);
+        let waiting = if self.wait_for_durable { ack.map(|a| (a, code)) } else { None };
+        if !self.wait_for_durable {
+            if let Some(a) = ack {
+                self.send(a.core, CoreMsg::PublishDone { conn: a.conn, pkid: a.pkid, qos: a.qos, reason: code });
+            }
+        }
+        let ts = self.clock.unix_ms(now);
+        if self.journal_backlog.len() >= JOURNAL_BACKLOG_MAX {
+            // The log cannot keep up (or is failing): refuse rather than grow without bound.
+            self.stats.journal_rejected += 1;
+            if let Some((a, _)) = waiting {
+                self.send(
+                    a.core,
+                    CoreMsg::PublishDone { conn: a.conn, pkid: a.pkid, qos: a.qos, reason: reason::QUOTA_EXCEEDED },
+                );
+            }
+            return;
+        }
+        self.journal_backlog.push_back((ts, body, waiting));
+        self.feed_journal();
+    }
+
+    /// Moves backlogged records into the journal, in order, while it takes them.
+    fn feed_journal(&mut self) {
+        let Some(journal) = self.journal.as_mut() else { return };
+        while let Some((ts, body, waiting)) = self.journal_backlog.pop_front() {
+            match journal.append(ts, body) {
+                Ok(seq) => {
+                    if let Some(w) = waiting {
+                        self.pending_acks.push_back((seq, w.0, w.1));
+                    }
+                }
+                Err(body) => {
+                    self.journal_backlog.push_front((ts, body, waiting));
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The journal's durable mark may have moved (the driver calls this when the writer
+    /// thread reports progress, and on every tick): release the acknowledgements it covers,
+    /// or fail them while the log reports an error (full disk, failed sync).
+    pub fn on_durable(&mut self, _now: Instant) {
+        self.feed_journal();
+        let Some(journal) = self.journal.as_ref() else { return };
+        let durable = journal.durable_seq();
+        let failing = journal.failing();
+        while let Some(&(seq, a, code)) = self.pending_acks.front() {
+            let code = if seq <= durable {
+                code
+            } else if failing {
+                self.stats.journal_failed_acks += 1;
+                reason::UNSPECIFIED_ERROR
+            } else {
+                break;
+            };
+            self.pending_acks.pop_front();
+            self.send(a.core, CoreMsg::PublishDone { conn: a.conn, pkid: a.pkid, qos: a.qos, reason: code });
+        }
+        if failing {
+            // Backlogged records are not failed here: they have no sequence number yet and
+            // are retried when the log recovers; their acknowledgements wait until then.
+        }
+    }
+
+    /// Installs the shard's durable log. `wait_for_durable` (sync mode `immediate`) makes
+    /// QoS 1/2 acknowledgements wait for the sync that covers their record.
+    pub fn set_journal(&mut self, journal: Box<dyn Journal>, wait_for_durable: bool) {
+        self.journal = Some(journal);
+        self.wait_for_durable = wait_for_durable;
+    }
+
+    /// Restores a retained message recovered from a log at startup.
+    pub fn restore_retained(&mut self, msg: SharedMessage) {
+        self.retained.set(&msg);
     }
 
     fn deliver(&mut self, t: Target, msg: &SharedMessage, now: Instant) {

@@ -35,7 +35,8 @@ impl Cluster {
     fn with_config(n: usize, config: Config) -> Cluster {
         let config = Arc::new(config);
         let registry = Arc::new(Registry::new());
-        let cores = (0..n).map(|i| Core::new(i, n, Arc::clone(&config), Arc::clone(&registry), 7)).collect();
+        let clock = crate::persist::WallClock { anchor: Instant::now(), anchor_unix_ms: 1_700_000_000_000 };
+        let cores = (0..n).map(|i| Core::new(i, n, Arc::clone(&config), Arc::clone(&registry), 7, clock)).collect();
         Cluster { cores, inbox: HashMap::new(), versions: HashMap::new(), closed: HashSet::new(), now: Instant::now() }
     }
 
@@ -826,4 +827,77 @@ fn a_retained_message_is_not_overtaken_by_a_live_one_during_a_wildcard_subscribe
     let got = c.recv(sub);
     let payloads: Vec<_> = publishes(&got).iter().map(|p| p.payload.clone()).collect();
     assert_eq!(payloads, vec![Bytes::from_static(b"old"), Bytes::from_static(b"new")], "{got:?}");
+}
+
+/// An in-memory journal whose durable mark and failure the test moves by hand.
+#[derive(Clone, Default)]
+struct FakeJournal(std::rc::Rc<std::cell::RefCell<FakeState>>);
+
+#[derive(Default)]
+struct FakeState {
+    records: Vec<Vec<u8>>,
+    durable: u64,
+    failing: bool,
+}
+
+impl super::Journal for FakeJournal {
+    fn append(&mut self, _ts: u64, body: Vec<u8>) -> Result<u64, Vec<u8>> {
+        let mut s = self.0.borrow_mut();
+        s.records.push(body);
+        Ok(s.records.len() as u64)
+    }
+    fn durable_seq(&self) -> u64 {
+        self.0.borrow().durable
+    }
+    fn failing(&self) -> bool {
+        self.0.borrow().failing
+    }
+}
+
+#[test]
+fn immediate_mode_acknowledges_only_after_the_record_is_durable() {
+    let mut c = Cluster::new(2);
+    let journals: Vec<FakeJournal> = (0..2).map(|_| FakeJournal::default()).collect();
+    for (core, j) in c.cores.iter_mut().zip(&journals) {
+        core.set_journal(Box::new(j.clone()), true);
+    }
+    let publisher = c.open(0, connect("durable", ProtocolVersion::V5));
+    c.recv(publisher);
+    let topic = topic_on(1, 2);
+    c.publish(publisher, topic, "m", QoS::AtLeastOnce, 5);
+    assert!(c.recv(publisher).is_empty(), "no PUBACK before the sync");
+    assert_eq!(journals[1].0.borrow().records.len(), 1, "appended by the owning shard");
+    journals[1].0.borrow_mut().durable = 1;
+    c.cores[1].on_durable(c.now);
+    c.settle();
+    let got = c.recv(publisher);
+    assert!(matches!(got.as_slice(), [Packet::PubAck(a)] if a.pkid == 5), "{got:?}");
+    // QoS 0 without RETAIN is not logged.
+    c.publish(publisher, topic, "q0", QoS::AtMostOnce, 0);
+    assert_eq!(journals[1].0.borrow().records.len(), 1);
+}
+
+#[test]
+fn a_failing_log_fails_the_acknowledgement_instead_of_faking_success() {
+    let mut c = Cluster::new(1);
+    let journal = FakeJournal::default();
+    c.cores[0].set_journal(Box::new(journal.clone()), true);
+    let v5 = c.open(0, connect("v5", ProtocolVersion::V5));
+    c.recv(v5);
+    let v4 = c.open(0, connect("v4", ProtocolVersion::V311));
+    c.recv(v4);
+    c.publish(v5, "full/disk", "m", QoS::ExactlyOnce, 1);
+    c.publish(v4, "full/disk", "m", QoS::AtLeastOnce, 2);
+    journal.0.borrow_mut().failing = true;
+    c.advance(Duration::from_millis(100));
+    let got = c.recv(v5);
+    assert!(
+        matches!(got.as_slice(), [Packet::PubRec(a)] if a.pkid == 1 && a.reason == reason::UNSPECIFIED_ERROR),
+        "{got:?}"
+    );
+    assert!(c.is_closed(v4), "3.1.1 has no failure code: the connection is closed so the client resends");
+    // The QoS 2 exchange ended: the same packet id is a new message.
+    journal.0.borrow_mut().failing = false;
+    c.publish(v5, "full/disk", "again", QoS::ExactlyOnce, 1);
+    assert_eq!(journal.0.borrow().records.len(), 3, "logged again, not treated as a duplicate");
 }

@@ -20,11 +20,13 @@ pub mod codec;
 pub mod config;
 pub mod core;
 pub mod message;
+pub mod persist;
 pub mod registry;
 pub mod router;
 pub mod server;
 pub mod session;
 pub mod stats;
+pub mod storage;
 pub mod topic;
 
 /// `VERSION (git COMMIT)` as printed by `--version` and the startup line.

@@ -16,7 +16,7 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let data_dir = config.data_dir.display().to_string();
     let bind = config.bind;
-    let running = promptmq::server::start(config).with_context(|| format!("cannot listen on {bind}"))?;
+    let running = promptmq::server::start(config).with_context(|| format!("cannot start the broker on {bind}"))?;
     tracing::info!(
         "promptmq {} listening on {} (runtime {}, {} cores, data {})",
         promptmq::VERSION_STRING,

@@ -26,10 +26,14 @@ use bytes::{Bytes, BytesMut};
 use crossbeam_queue::ArrayQueue;
 use promptmq_runtime_tokio as rt;
 
-use crate::config::{AcceptMode, Config};
+use crate::config::{AcceptMode, Config, WalSyncMode};
+use crate::core::shard_of;
 use crate::core::{Action, Core, CoreMsg};
+use crate::message::SharedMessage;
+use crate::persist::WallClock;
 use crate::registry::Registry;
 use crate::session::ConnId;
+use crate::storage::{self, DirLock, StorageError, WalJournal};
 
 /// Capacity of each cross-core ring.
 const RING_CAPACITY: usize = 8192;
@@ -55,6 +59,7 @@ struct Shared {
     /// Sockets accepted by core 0 for the other cores (accept mode `handoff`).
     handoff: Vec<ArrayQueue<std::net::TcpStream>>,
     nonce: u64,
+    clock: WallClock,
 }
 
 impl Shared {
@@ -68,6 +73,25 @@ pub struct Running {
     pub local_addr: SocketAddr,
     pub cores: usize,
     thread: std::thread::JoinHandle<io::Result<()>>,
+    _lock: Option<DirLock>,
+}
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("cannot start the core threads: {0}")]
+    Threads(io::Error),
+}
+
+/// What each core thread is handed at startup.
+struct CoreStart {
+    listener: Option<std::net::TcpListener>,
+    journal: Option<WalJournal>,
+    retained: Vec<SharedMessage>,
 }
 
 impl Running {
@@ -79,18 +103,31 @@ impl Running {
 
 /// Binds the listeners and starts the cores. Returns once every core's listener is bound,
 /// so bind errors are reported to the caller.
-pub fn start(config: Config) -> io::Result<Running> {
+pub fn start(config: Config) -> Result<Running, StartError> {
     let cores = config.effective_cores();
     // Bind every core's socket here: port 0 is resolved once and shared, and a bind error
     // stops startup before any thread runs.
+    let listen_err = |source| StartError::Listen { addr: config.bind, source };
     let mut listeners = Vec::with_capacity(cores);
-    let first = rt::Listener::bind_std(config.bind)?;
-    let local_addr = first.local_addr()?;
+    let first = rt::Listener::bind_std(config.bind).map_err(listen_err)?;
+    let local_addr = first.local_addr().map_err(listen_err)?;
     listeners.push(Some(first));
     let reuseport = config.accept_mode == AcceptMode::Reuseport && rt::reuseport_supported();
     for _ in 1..cores {
-        listeners.push(if reuseport { Some(rt::Listener::bind_std(local_addr)?) } else { None });
+        listeners.push(if reuseport { Some(rt::Listener::bind_std(local_addr).map_err(listen_err)?) } else { None });
     }
+    let now = Instant::now();
+    let unix_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let clock = WallClock { anchor: now, anchor_unix_ms: unix_ms };
+    let (lock, recovered) = if config.wal_enabled {
+        let lock = storage::lock_data_dir(&config.data_dir)?;
+        let recovered = storage::recover(&config, &clock, now)?;
+        storage::log_recovery(&recovered);
+        (Some(lock), Some(recovered))
+    } else {
+        (None, None)
+    };
     let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let shared = Arc::new(Shared {
         config: Arc::new(config),
@@ -100,17 +137,31 @@ pub fn start(config: Config) -> io::Result<Running> {
         wakeups: (0..cores).map(|_| rt::Wakeup::new()).collect(),
         handoff: (0..if reuseport { 0 } else { cores }).map(|_| ArrayQueue::new(1024)).collect(),
         nonce,
+        clock,
     });
-    let listeners: Vec<std::sync::Mutex<Option<std::net::TcpListener>>> =
-        listeners.into_iter().map(std::sync::Mutex::new).collect();
-    let listeners = Arc::new(listeners);
-    let thread = std::thread::Builder::new().name("promptmq-main".into()).spawn(move || {
-        rt::run_per_core(cores, true, move |index| {
-            let listener = listeners[index].lock().ok().and_then(|mut l| l.take());
-            run_core(index, Arc::clone(&shared), listener)
+    let mut starts: Vec<CoreStart> =
+        listeners.into_iter().map(|listener| CoreStart { listener, journal: None, retained: Vec::new() }).collect();
+    if let Some(recovered) = recovered {
+        for (index, log) in recovered.logs.into_iter().enumerate() {
+            let wakeup = shared.wakeups[index].clone();
+            starts[index].journal = Some(WalJournal::start(log, &shared.config, move |_| wakeup.ring())?);
+        }
+        for msg in recovered.retained {
+            starts[shard_of(&msg.topic, cores)].retained.push(msg);
+        }
+    }
+    let starts: Arc<Vec<std::sync::Mutex<Option<CoreStart>>>> =
+        Arc::new(starts.into_iter().map(|s| std::sync::Mutex::new(Some(s))).collect());
+    let thread = std::thread::Builder::new()
+        .name("promptmq-main".into())
+        .spawn(move || {
+            rt::run_per_core(cores, true, move |index| {
+                let start = starts[index].lock().ok().and_then(|mut s| s.take());
+                run_core(index, Arc::clone(&shared), start)
+            })
         })
-    })?;
-    Ok(Running { local_addr, cores, thread })
+        .map_err(StartError::Threads)?;
+    Ok(Running { local_addr, cores, thread, _lock: lock })
 }
 
 struct ConnIo {
@@ -137,8 +188,18 @@ struct Driver {
     wake: RefCell<Vec<bool>>,
 }
 
-async fn run_core(index: usize, shared: Arc<Shared>, listener: Option<std::net::TcpListener>) {
-    let core = Core::new(index, shared.cores, Arc::clone(&shared.config), Arc::clone(&shared.registry), shared.nonce);
+async fn run_core(index: usize, shared: Arc<Shared>, start: Option<CoreStart>) {
+    let config = Arc::clone(&shared.config);
+    let mut core =
+        Core::new(index, shared.cores, Arc::clone(&config), Arc::clone(&shared.registry), shared.nonce, shared.clock);
+    let CoreStart { listener, journal, retained } =
+        start.unwrap_or(CoreStart { listener: None, journal: None, retained: Vec::new() });
+    if let Some(journal) = journal {
+        core.set_journal(Box::new(journal), config.wal_sync_mode == WalSyncMode::Immediate);
+    }
+    for msg in retained {
+        core.restore_retained(msg);
+    }
     let driver = Rc::new(Driver {
         id: index,
         core: RefCell::new(core),
@@ -289,6 +350,8 @@ async fn drain_inbox(driver: Rc<Driver>) {
     let me = driver.id;
     loop {
         shared.wakeups[me].wait().await;
+        // The WAL writer rings this wakeup too, when records became durable.
+        driver.core.borrow_mut().on_durable(Instant::now());
         if let Some(handoff) = shared.handoff.get(me) {
             while let Some(socket) = handoff.pop() {
                 match rt::Stream::from_std(socket) {

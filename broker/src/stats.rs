@@ -18,6 +18,11 @@ pub struct Stats {
     pub dropped_expired: u64,
     /// Routed to a session incarnation that has since been replaced (clean start).
     pub dropped_stale_session: u64,
+    /// Publishes refused because the log's backlog was full.
+    pub journal_rejected: u64,
+    /// Acknowledgements failed because the log reported an error before the record was
+    /// durable.
+    pub journal_failed_acks: u64,
     /// A cross-core ring was full and the message waited in the sender's overflow queue.
     pub ring_overflows: u64,
 }

@@ -45,6 +45,8 @@ struct Shared {
     /// Set by the thread while it parks, so producers only unpark a sleeping thread.
     sleeping: AtomicBool,
     stop: AtomicBool,
+    /// Mirrors `error.is_some()`, for a cheap check on every wakeup.
+    failing: AtomicBool,
     error: Mutex<Option<String>>,
     thread: std::sync::OnceLock<std::thread::Thread>,
 }
@@ -78,6 +80,7 @@ impl WalWriter {
             durable: AtomicU64::new(log.durable_seq()),
             sleeping: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
             error: Mutex::new(None),
             thread: std::sync::OnceLock::new(),
         });
@@ -117,6 +120,11 @@ impl WalWriter {
     /// Every record up to this sequence number is durable (per the sync mode's meaning).
     pub fn durable_seq(&self) -> u64 {
         self.shared.durable.load(Ordering::Acquire)
+    }
+
+    /// Whether the last write or sync failed (and no sync has succeeded since).
+    pub fn is_failing(&self) -> bool {
+        self.shared.failing.load(Ordering::Acquire)
     }
 
     /// The last write or sync error, cleared when a later sync succeeds.
@@ -233,5 +241,6 @@ fn run(mut log: Log, mode: SyncMode, clock: Clock, shared: Arc<Shared>, on_durab
 }
 
 fn report(shared: &Shared, error: Option<String>) {
+    shared.failing.store(error.is_some(), Ordering::Release);
     *shared.error.lock().unwrap_or_else(|p| p.into_inner()) = error;
 }

@@ -185,6 +185,7 @@ pub struct Broker {
     port: u16,
     dir: PathBuf,
     log: PathBuf,
+    argv: Vec<std::ffi::OsString>,
     pub opts: BrokerOpts,
 }
 
@@ -232,11 +233,30 @@ impl Broker {
                 c
             }
         };
-        let logf = fs::File::create(&log).map_err(|e| e.to_string())?;
-        let logf2 = logf.try_clone().map_err(|e| e.to_string())?;
-        cmd.stdin(Stdio::null()).stdout(Stdio::from(logf)).stderr(Stdio::from(logf2));
-        let child = cmd.spawn().map_err(|e| format!("spawn {:?}: {e}", broker_kind()))?;
-        let mut broker = Broker { child, port, dir, log, opts: opts.clone() };
+        let child = spawn_logged(&mut cmd, &log)?;
+        let argv: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_owned()).collect();
+        let mut broker = Broker { child, port, dir, log, argv, opts: opts.clone() };
+        broker.wait_ready().await?;
+        Ok(broker)
+    }
+
+    /// `kill -9`s the broker and starts it again with the same arguments (same port, same
+    /// data directory), waiting until it accepts connections.
+    pub async fn crash_and_restart(&mut self) {
+        assert!(!is_mosquitto(), "crash tests run against promptmq");
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_promptmq"));
+        cmd.args(&self.argv);
+        // Keep the earlier runs' logs: append.
+        self.child = spawn_logged(&mut cmd, &self.log).unwrap_or_else(|e| panic!("restart: {e}"));
+        if let Err(e) = self.wait_ready().await {
+            panic!("restart: {e}");
+        }
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), String> {
+        let broker = self;
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(Some(status)) = broker.child.try_wait() {
@@ -245,7 +265,7 @@ impl Broker {
             if let Ok(Ok(_s)) =
                 tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(broker.addr())).await
             {
-                return Ok(broker);
+                return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(format!(
@@ -303,6 +323,13 @@ impl Drop for Broker {
         }
         remove_dir(&self.dir);
     }
+}
+
+fn spawn_logged(cmd: &mut Command, log: &Path) -> Result<Child, String> {
+    let logf = fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| e.to_string())?;
+    let logf2 = logf.try_clone().map_err(|e| e.to_string())?;
+    cmd.stdin(Stdio::null()).stdout(Stdio::from(logf)).stderr(Stdio::from(logf2));
+    cmd.spawn().map_err(|e| format!("spawn {:?}: {e}", broker_kind()))
 }
 
 fn remove_dir(p: &Path) {
