@@ -80,6 +80,8 @@ pub enum CoreMsg {
     /// From a shard to a session host: deliver `msg` to these sessions.
     Deliver {
         msg: SharedMessage,
+        /// (shard, log sequence number) when the message was logged.
+        origin: Option<(usize, u64)>,
         targets: Vec<Target>,
     },
     /// To a shard: add or replace a subscription.
@@ -91,10 +93,17 @@ pub enum CoreMsg {
         want_retained: bool,
     },
     /// From a shard: subscription in place; retained messages that match it.
+    /// `head` is the shard's last log sequence number when the subscription took effect.
     SubscribeDone {
         req_id: u64,
         filter_index: usize,
         retained: Vec<SharedMessage>,
+        shard: usize,
+        head: u64,
+    },
+    /// To a client id's home shard: append this session record to its log.
+    Persist {
+        body: Vec<u8>,
     },
     /// To a shard: remove a subscription of this session incarnation.
     Unsubscribe {
@@ -131,6 +140,9 @@ enum Pending {
         pkid: u16,
         reasons: Vec<u8>,
         filters: Vec<(QoS, Option<u32>)>,
+        /// The filter of each index (empty for refused ones), to record where each
+        /// subscription starts in each shard's log.
+        keys: Vec<Bytes>,
         outstanding: usize,
         retained: Vec<(usize, SharedMessage)>,
     },
@@ -150,12 +162,13 @@ enum Timer {
 }
 
 const RETAINED_SWEEP: Duration = Duration::from_secs(30);
+/// How often persistent sessions' delivery progress is logged.
+const CHECKPOINT: Duration = Duration::from_secs(1);
 /// Records waiting for room in the journal's queue beyond which publishes are refused.
 const JOURNAL_BACKLOG_MAX: usize = 100_000;
 
-/// A record waiting for room in the journal: (timestamp, body, the acknowledgement and its
-/// reason code waiting for it).
-type Backlogged = (u64, Vec<u8>, Option<(PublishAck, u8)>);
+/// A record waiting for room in the journal: (timestamp, body).
+type Backlogged = (u64, Vec<u8>);
 
 /// A shard's durable log as the core sees it. Appends never block; durability is reported
 /// asynchronously (the driver calls [`Core::on_durable`] when it may have advanced).
@@ -167,6 +180,8 @@ pub trait Journal {
     fn durable_seq(&self) -> u64;
     /// Whether writing or syncing is currently failing (e.g. full disk).
     fn failing(&self) -> bool;
+    /// The sequence number the next append gets.
+    fn next_seq(&self) -> u64;
 }
 /// How long a core forwards deliveries for a session that moved to another core (they were
 /// routed before the shards learned the new route).
@@ -220,12 +235,16 @@ pub struct Core {
     /// Records not yet accepted by the journal (its queue was full): (timestamp, body,
     /// acknowledgement waiting for it).
     journal_backlog: VecDeque<Backlogged>,
+    /// The sequence number this shard's next log record gets.
+    next_log_seq: u64,
     /// Acknowledgements waiting for their record to be durable, in sequence order.
     pending_acks: VecDeque<(u64, PublishAck, u8)>,
     /// Wall clock for durable records.
     clock: WallClock,
     /// When expired retained messages are next swept out.
     next_retained_sweep: Option<Instant>,
+    /// When persistent sessions' progress is next logged.
+    next_checkpoint: Option<Instant>,
     /// Distinguishes assigned client ids of this process from those of earlier runs.
     nonce: u64,
     pub stats: Stats,
@@ -284,10 +303,12 @@ impl Core {
             route_scratch: Vec::new(),
             nonce,
             next_retained_sweep: None,
+            next_checkpoint: None,
             journal: None,
             wait_for_durable: false,
             journal_backlog: VecDeque::new(),
             pending_acks: VecDeque::new(),
+            next_log_seq: 1,
             clock,
             stats: Stats::default(),
         }
@@ -392,6 +413,20 @@ impl Core {
         if self.next_retained_sweep.is_none_or(|t| t <= now) {
             self.retained.remove_expired(now);
             self.next_retained_sweep = Some(now + RETAINED_SWEEP);
+        }
+        if self.next_checkpoint.is_none_or(|t| t <= now) {
+            // Log the progress of persistent sessions, so that after a crash fewer
+            // acknowledged messages are delivered again.
+            let dirty: Vec<Bytes> = self
+                .sessions
+                .values()
+                .filter(|s| s.progress_dirty && s.is_persistent())
+                .map(|s| s.client_id.clone())
+                .collect();
+            for client_id in dirty {
+                self.persist_session(&client_id, now);
+            }
+            self.next_checkpoint = Some(now + CHECKPOINT);
         }
         while let Some(Reverse((due, _))) = self.timers.peek() {
             if *due > now {
@@ -664,6 +699,7 @@ impl Core {
         }
         let client_id = session.client_id.clone();
         self.sessions.insert(client_id.clone(), session);
+        self.persist_session(&client_id, now);
         for packet in pending {
             if self.conns.contains_key(&id) {
                 self.on_connected_packet(id, packet, now);
@@ -935,6 +971,7 @@ impl Core {
         let sub_id = s.properties.subscription_identifiers.first().copied();
         let mut reasons = Vec::with_capacity(s.filters.len());
         let mut filters = Vec::with_capacity(s.filters.len());
+        let mut keys = Vec::with_capacity(s.filters.len());
         let mut accepted = Vec::new();
         for (index, f) in s.filters.iter().enumerate() {
             let shared = topic::parse_shared(&f.filter);
@@ -946,6 +983,7 @@ impl Core {
             if !valid {
                 reasons.push(if v5 { reason::TOPIC_FILTER_INVALID } else { reason::v311::SUBACK_FAILURE });
                 filters.push((QoS::AtMostOnce, None));
+                keys.push(Bytes::new());
                 continue;
             }
             if matches!(shared, Ok(Some(_))) && f.options.no_local {
@@ -954,6 +992,7 @@ impl Core {
             }
             reasons.push(f.options.qos as u8);
             filters.push((f.options.qos, sub_id));
+            keys.push(owned(&f.filter));
             let is_new = !session.subscriptions.contains_key(&f.filter);
             let want_retained = matches!(shared, Ok(None))
                 && match f.options.retain_handling {
@@ -964,7 +1003,7 @@ impl Core {
             accepted.push((
                 index,
                 f.filter.clone(),
-                StoredSubscription { options: f.options, subscription_id: sub_id },
+                StoredSubscription { options: f.options, subscription_id: sub_id, since: Vec::new() },
                 want_retained,
             ));
         }
@@ -983,7 +1022,8 @@ impl Core {
                 want_retained,
             );
         }
-        let pending = Pending::SubAck { conn: id, pkid: s.pkid, reasons, filters, outstanding, retained: Vec::new() };
+        let pending =
+            Pending::SubAck { conn: id, pkid: s.pkid, reasons, filters, keys, outstanding, retained: Vec::new() };
         self.pending.insert(req_id, pending);
         if outstanding == 0 {
             self.finish_request(req_id, now);
@@ -1080,6 +1120,7 @@ impl Core {
                 self.write_packet(conn, &Packet::SubAck(SubAck { pkid, properties: Properties::default(), reasons }));
                 // Retained messages follow the SUBACK, with RETAIN set [MQTT-3.3.1-8].
                 let Some(client_id) = self.conns.get(&conn).map(|c| c.client_id.clone()) else { return };
+                self.persist_session(&client_id, now);
                 for (index, msg) in retained {
                     let Some(&granted) = filters.get(index) else { continue };
                     self.offer_retained(&client_id, msg, granted, now);
@@ -1090,6 +1131,9 @@ impl Core {
                     conn,
                     &Packet::UnsubAck(UnsubAck { pkid, properties: Properties::default(), reasons }),
                 );
+                if let Some(client_id) = self.conns.get(&conn).map(|c| c.client_id.clone()) {
+                    self.persist_session(&client_id, now);
+                }
             }
         }
     }
@@ -1098,7 +1142,13 @@ impl Core {
     /// the message's and the granted one, with the filter's subscription identifier.
     fn offer_retained(&mut self, client_id: &Bytes, msg: SharedMessage, granted: (QoS, Option<u32>), now: Instant) {
         let (qos, sub_id) = granted;
-        let out = Outgoing { qos: qos.min(msg.qos), retain: true, subscription_ids: sub_id.into_iter().collect(), msg };
+        let out = Outgoing {
+            qos: qos.min(msg.qos),
+            retain: true,
+            subscription_ids: sub_id.into_iter().collect(),
+            msg,
+            origin: None,
+        };
         self.offer(client_id, out, now);
     }
 
@@ -1262,9 +1312,11 @@ impl Core {
         }
     }
 
-    fn park_session(&mut self, mut session: Session, _now: Instant) {
+    fn park_session(&mut self, mut session: Session, now: Instant) {
         arm_session_timer(&mut session, &mut self.timers);
-        self.sessions.insert(session.client_id.clone(), session);
+        let client_id = session.client_id.clone();
+        self.sessions.insert(client_id.clone(), session);
+        self.persist_session(&client_id, now);
     }
 
     fn check_session(&mut self, client_id: &Bytes, due: Instant, now: Instant) {
@@ -1300,6 +1352,10 @@ impl Core {
         if let Some(w) = s.will.take() {
             self.publish_will(&s.client_id, w, now);
         }
+        if s.persisted && self.config.wal_enabled {
+            let home = shard_of(&s.client_id, self.cores);
+            self.send(home, CoreMsg::Persist { body: persist::encode_session_end(&s.client_id) });
+        }
         let filters: Vec<Bytes> = s.subscriptions.drain().map(|(f, _)| f).collect();
         for f in filters {
             self.route_unsubscribe(None, &s.client_id, s.epoch, &f);
@@ -1323,9 +1379,9 @@ impl Core {
         match msg {
             CoreMsg::Publish { msg, ack } => self.shard_publish(msg, ack, now),
             CoreMsg::PublishDone { conn, pkid, qos, reason } => self.on_publish_done(conn, pkid, qos, reason, now),
-            CoreMsg::Deliver { msg, targets } => {
+            CoreMsg::Deliver { msg, origin, targets } => {
                 for t in targets {
-                    self.deliver(t, &msg, now);
+                    self.deliver(t, &msg, origin, now);
                 }
             }
             CoreMsg::Subscribe { req, subscriber, filter, group, want_retained } => {
@@ -1336,11 +1392,20 @@ impl Core {
                         self.retained.matching(&filter, &mut retained);
                         retained.retain(|m| !m.is_expired(now));
                     }
-                    self.send(r.core, CoreMsg::SubscribeDone { req_id: r.id, filter_index: index, retained });
+                    let head = self.next_log_seq.saturating_sub(1);
+                    let done =
+                        CoreMsg::SubscribeDone { req_id: r.id, filter_index: index, retained, shard: self.id, head };
+                    self.send(r.core, done);
                 }
             }
-            CoreMsg::SubscribeDone { req_id, filter_index, retained } => {
+            CoreMsg::SubscribeDone { req_id, filter_index, retained, shard, head } => {
+                self.record_since(req_id, filter_index, shard, head);
                 self.request_reply(req_id, Some(filter_index), retained, now)
+            }
+            CoreMsg::Persist { body } => {
+                if self.journal.is_some() {
+                    self.append_record(self.clock.unix_ms(now), body, None);
+                }
             }
             CoreMsg::Unsubscribe { req, client_id, epoch, filter, group } => {
                 self.subscriptions.unsubscribe(&filter, group.as_ref(), &client_id, epoch);
@@ -1357,16 +1422,28 @@ impl Core {
     }
 
     fn shard_publish(&mut self, msg: SharedMessage, ack: Option<PublishAck>, now: Instant) {
+        let logged = self.journal.is_some() && (msg.qos != QoS::AtMostOnce || msg.retain);
+        if logged && self.journal_backlog.len() >= JOURNAL_BACKLOG_MAX {
+            // The log cannot keep up (or is failing): refuse rather than grow without bound,
+            // and do not deliver what the publisher is told was not taken.
+            self.stats.journal_rejected += 1;
+            if let Some(a) = ack {
+                let reason = reason::QUOTA_EXCEEDED;
+                self.send(a.core, CoreMsg::PublishDone { conn: a.conn, pkid: a.pkid, qos: a.qos, reason });
+            }
+            return;
+        }
         if msg.retain {
             // [MQTT-3.3.1-5]: store (or delete, for an empty payload) the retained message.
             self.retained.set(&msg);
         }
+        let origin = logged.then_some((self.id, self.next_log_seq));
         let mut targets = std::mem::take(&mut self.route_scratch);
         self.subscriptions.route(&msg, &mut targets);
         let matched = !targets.is_empty();
         if targets.iter().all(|t| t.session.core == self.id) {
             for t in targets.drain(..) {
-                self.deliver(t, &msg, now);
+                self.deliver(t, &msg, origin, now);
             }
         } else {
             targets.sort_by_key(|t| t.session.core);
@@ -1376,61 +1453,53 @@ impl Core {
                 let batch = targets.split_off(split);
                 if core == self.id {
                     for t in batch {
-                        self.deliver(t, &msg, now);
+                        self.deliver(t, &msg, origin, now);
                     }
                 } else {
-                    self.send(core, CoreMsg::Deliver { msg: msg.clone(), targets: batch });
+                    self.send(core, CoreMsg::Deliver { msg: msg.clone(), origin, targets: batch });
                 }
             }
         }
         self.route_scratch = targets;
         let code = if matched { reason::SUCCESS } else { reason::NO_MATCHING_SUBSCRIBERS };
-        let logged = self.journal.is_some() && (msg.qos != QoS::AtMostOnce || msg.retain);
         if !logged {
             if let Some(a) = ack {
                 self.send(a.core, CoreMsg::PublishDone { conn: a.conn, pkid: a.pkid, qos: a.qos, reason: code });
             }
             return;
         }
-        // Append to the shard's log. In immediate mode the acknowledgement waits for the
-        // sync that covers the record; otherwise it goes now.
-        let body = persist::encode_message(&msg, &self.clock);
+        // In immediate mode the acknowledgement waits for the sync that covers the record;
+        // otherwise it goes now.
         let waiting = if self.wait_for_durable { ack.map(|a| (a, code)) } else { None };
         if !self.wait_for_durable {
             if let Some(a) = ack {
                 self.send(a.core, CoreMsg::PublishDone { conn: a.conn, pkid: a.pkid, qos: a.qos, reason: code });
             }
         }
-        let ts = self.clock.unix_ms(now);
-        if self.journal_backlog.len() >= JOURNAL_BACKLOG_MAX {
-            // The log cannot keep up (or is failing): refuse rather than grow without bound.
-            self.stats.journal_rejected += 1;
-            if let Some((a, _)) = waiting {
-                self.send(
-                    a.core,
-                    CoreMsg::PublishDone { conn: a.conn, pkid: a.pkid, qos: a.qos, reason: reason::QUOTA_EXCEEDED },
-                );
-            }
-            return;
+        let body = persist::encode_message(&msg, &self.clock);
+        self.append_record(self.clock.unix_ms(now), body, waiting);
+    }
+
+    /// Appends a record to this shard's log (through the backlog when the writer's queue is
+    /// full). Its sequence number is known now: nothing else appends to this log, so it is
+    /// `next_log_seq`.
+    fn append_record(&mut self, timestamp_ms: u64, body: Vec<u8>, waiting: Option<(PublishAck, u8)>) {
+        let seq = self.next_log_seq;
+        self.next_log_seq += 1;
+        if let Some((a, code)) = waiting {
+            self.pending_acks.push_back((seq, a, code));
         }
-        self.journal_backlog.push_back((ts, body, waiting));
+        self.journal_backlog.push_back((timestamp_ms, body));
         self.feed_journal();
     }
 
     /// Moves backlogged records into the journal, in order, while it takes them.
     fn feed_journal(&mut self) {
         let Some(journal) = self.journal.as_mut() else { return };
-        while let Some((ts, body, waiting)) = self.journal_backlog.pop_front() {
-            match journal.append(ts, body) {
-                Ok(seq) => {
-                    if let Some(w) = waiting {
-                        self.pending_acks.push_back((seq, w.0, w.1));
-                    }
-                }
-                Err(body) => {
-                    self.journal_backlog.push_front((ts, body, waiting));
-                    break;
-                }
+        while let Some((ts, body)) = self.journal_backlog.pop_front() {
+            if let Err(body) = journal.append(ts, body) {
+                self.journal_backlog.push_front((ts, body));
+                break;
             }
         }
     }
@@ -1464,8 +1533,70 @@ impl Core {
     /// Installs the shard's durable log. `wait_for_durable` (sync mode `immediate`) makes
     /// QoS 1/2 acknowledgements wait for the sync that covers their record.
     pub fn set_journal(&mut self, journal: Box<dyn Journal>, wait_for_durable: bool) {
+        self.next_log_seq = journal.next_seq();
         self.journal = Some(journal);
         self.wait_for_durable = wait_for_durable;
+    }
+
+    /// Logs a snapshot of a persistent session in its home shard's log (the shard its
+    /// client id hashes to, so that one log orders all of a client's records however the
+    /// session moves between cores).
+    fn persist_session(&mut self, client_id: &Bytes, now: Instant) {
+        if !self.config.wal_enabled {
+            return;
+        }
+        let Some(s) = self.sessions.get_mut(client_id) else { return };
+        if !s.is_persistent() && !s.persisted {
+            return;
+        }
+        let body = if s.is_persistent() {
+            s.persisted = true;
+            s.progress_dirty = false;
+            let record = persist::SessionRecord {
+                client_id: s.client_id.clone(),
+                version: s.version,
+                expiry_interval: s.expiry_interval,
+                disconnected_ms: if s.conn.is_some() { 0 } else { self.clock.unix_ms(now).max(1) },
+                subscriptions: s.subscriptions.iter().map(|(f, st)| (f.clone(), st.clone())).collect(),
+                watermarks: s.watermarks(),
+            };
+            persist::encode_session(&record)
+        } else {
+            // It was logged as persistent before and no longer is: its earlier snapshot must
+            // not come back after a restart.
+            s.persisted = false;
+            persist::encode_session_end(client_id)
+        };
+        let home = shard_of(client_id, self.cores);
+        self.send(home, CoreMsg::Persist { body });
+    }
+
+    /// Records where, in a shard's log, a new subscription starts (see
+    /// [`StoredSubscription::since`]).
+    fn record_since(&mut self, req_id: u64, filter_index: usize, shard: usize, head: u64) {
+        let Some(Pending::SubAck { conn, keys, .. }) = self.pending.get(&req_id) else { return };
+        let Some(key) = keys.get(filter_index).filter(|k| !k.is_empty()) else { return };
+        let Some(client_id) = self.conns.get(conn).map(|c| c.client_id.clone()) else { return };
+        let Some(stored) = self.sessions.get_mut(&client_id).and_then(|s| s.subscriptions.get_mut(key)) else {
+            return;
+        };
+        match stored.since.iter_mut().find(|(s, _)| *s == shard) {
+            Some(entry) => entry.1 = head,
+            None => stored.since.push((shard, head)),
+        }
+    }
+
+    /// Restores a persistent session recovered from the logs at startup: offline, with its
+    /// subscriptions re-registered in the shards and the messages it was owed queued. The
+    /// caller has already claimed its client id for this core in the registry.
+    pub fn restore_session(&mut self, mut s: Session, disconnected: Instant) {
+        s.conn = None;
+        s.persisted = true;
+        if s.expiry_interval != u32::MAX {
+            s.expires_at = Some(disconnected + Duration::from_secs(u64::from(s.expiry_interval)));
+        }
+        self.repoint_subscriptions(&s);
+        self.park_session(s, disconnected);
     }
 
     /// Restores a retained message recovered from a log at startup.
@@ -1473,12 +1604,17 @@ impl Core {
         self.retained.set(&msg);
     }
 
-    fn deliver(&mut self, t: Target, msg: &SharedMessage, now: Instant) {
+    fn deliver(&mut self, t: Target, msg: &SharedMessage, origin: Option<(usize, u64)>, now: Instant) {
         let epoch_ok = self.sessions.get(&t.session.client_id).map(|s| s.epoch == t.session.epoch);
         match epoch_ok {
             Some(true) => {
-                let out =
-                    Outgoing { msg: msg.clone(), qos: t.qos, retain: t.retain, subscription_ids: t.subscription_ids };
+                let out = Outgoing {
+                    msg: msg.clone(),
+                    qos: t.qos,
+                    retain: t.retain,
+                    subscription_ids: t.subscription_ids,
+                    origin,
+                };
                 self.offer(&t.session.client_id, out, now);
             }
             Some(false) => self.stats.dropped_stale_session += 1,
@@ -1488,7 +1624,7 @@ impl Core {
                     if epoch == t.session.epoch && core != self.id {
                         let mut t = t;
                         t.session.core = core;
-                        self.send(core, CoreMsg::Deliver { msg: msg.clone(), targets: vec![t] });
+                        self.send(core, CoreMsg::Deliver { msg: msg.clone(), origin, targets: vec![t] });
                     }
                 }
             }

@@ -852,6 +852,9 @@ impl super::Journal for FakeJournal {
     fn failing(&self) -> bool {
         self.0.borrow().failing
     }
+    fn next_seq(&self) -> u64 {
+        self.0.borrow().records.len() as u64 + 1
+    }
 }
 
 #[test]

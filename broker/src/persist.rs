@@ -16,6 +16,18 @@
 //!            [correlation data u16+bytes]
 //!            user properties u16 count, then (u16+bytes, u16+bytes) each
 //!            payload        u32 length + bytes
+//! session := kind=2    (a snapshot of a persistent session; the newest one wins)
+//!            client id      u16 length + bytes
+//!            protocol       u8   4 or 5
+//!            expiry         u32  Session Expiry Interval, seconds
+//!            disconnected   u64  Unix ms when it went offline, 0 = connected when written
+//!            subscriptions  u16 count, each:
+//!                filter u16+bytes | options u8 (bits 0-1 QoS, 2 No Local, 3 Retain As
+//!                Published, 4-5 Retain Handling) | subscription id u32 (0 = none) |
+//!                since: u16 count of (shard u16, seq u64)
+//!            watermarks     u16 count of (shard u16, seq u64): nothing up to seq of that
+//!                           shard's log is owed to the session any more
+//! end     := kind=3    client id u16+bytes: the session ended
 //! ```
 //!
 //! All integers are little-endian. Decoding checks every length against the body, so a
@@ -26,11 +38,72 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes};
 
-use crate::codec::{Properties, QoS};
+use crate::codec::{Properties, ProtocolVersion, QoS, SubscriptionOptions};
 use crate::message::Message;
+use crate::session::StoredSubscription;
 
 const VERSION: u8 = 1;
 const KIND_MESSAGE: u8 = 1;
+const KIND_SESSION: u8 = 2;
+const KIND_SESSION_END: u8 = 3;
+
+/// A persistent session as logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub client_id: Bytes,
+    pub version: ProtocolVersion,
+    pub expiry_interval: u32,
+    /// Unix ms when it went offline; 0 when it was connected at the time of the record.
+    pub disconnected_ms: u64,
+    pub subscriptions: Vec<(Bytes, StoredSubscription)>,
+    pub watermarks: Vec<(usize, u64)>,
+}
+
+/// Any record the broker writes.
+#[derive(Debug)]
+pub enum Record {
+    Message(Box<Message>),
+    Session(SessionRecord),
+    SessionEnd(Bytes),
+}
+
+fn put_marks(out: &mut Vec<u8>, marks: &[(usize, u64)]) {
+    out.put_u16_le(marks.len().min(usize::from(u16::MAX)) as u16);
+    for &(shard, seq) in marks.iter().take(usize::from(u16::MAX)) {
+        out.put_u16_le(shard as u16);
+        out.put_u64_le(seq);
+    }
+}
+
+pub fn encode_session(r: &SessionRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.push(VERSION);
+    out.push(KIND_SESSION);
+    put_short(&mut out, &r.client_id);
+    out.push(r.version.level());
+    out.put_u32_le(r.expiry_interval);
+    out.put_u64_le(r.disconnected_ms);
+    out.put_u16_le(r.subscriptions.len().min(usize::from(u16::MAX)) as u16);
+    for (filter, sub) in r.subscriptions.iter().take(usize::from(u16::MAX)) {
+        put_short(&mut out, filter);
+        let o = &sub.options;
+        out.push(
+            o.qos as u8 | u8::from(o.no_local) << 2 | u8::from(o.retain_as_published) << 3 | o.retain_handling << 4,
+        );
+        out.put_u32_le(sub.subscription_id.unwrap_or(0));
+        put_marks(&mut out, &sub.since);
+    }
+    put_marks(&mut out, &r.watermarks);
+    out
+}
+
+pub fn encode_session_end(client_id: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + client_id.len());
+    out.push(VERSION);
+    out.push(KIND_SESSION_END);
+    put_short(&mut out, client_id);
+    out
+}
 
 /// Why a WAL body could not be read back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -141,6 +214,76 @@ impl Reader<'_> {
     }
 }
 
+impl Reader<'_> {
+    fn marks(&mut self) -> Result<Vec<(usize, u64)>, RecordError> {
+        let n = self.u16()?;
+        (0..n).map(|_| Ok((usize::from(self.u16()?), self.u64()?))).collect()
+    }
+
+    fn done(&self) -> Result<(), RecordError> {
+        if self.at == self.body.len() {
+            Ok(())
+        } else {
+            Err(RecordError::Invalid("trailing bytes"))
+        }
+    }
+}
+
+/// Decodes any record body. `body` should own its bytes (a copy of the WAL record).
+pub fn decode_record(body: &Bytes, clock: &WallClock, now: Instant) -> Result<Record, RecordError> {
+    match body.get(1) {
+        Some(&KIND_MESSAGE) => decode_message(body, clock, now).map(|m| Record::Message(Box::new(m))),
+        Some(&KIND_SESSION) | Some(&KIND_SESSION_END) => {
+            let mut r = Reader { body, at: 0 };
+            let version = r.u8()?;
+            if version != VERSION {
+                return Err(RecordError::Version(version));
+            }
+            let kind = r.u8()?;
+            let client_id = r.short()?;
+            if kind == KIND_SESSION_END {
+                r.done()?;
+                return Ok(Record::SessionEnd(client_id));
+            }
+            let version = match r.u8()? {
+                4 => ProtocolVersion::V311,
+                5 => ProtocolVersion::V5,
+                _ => return Err(RecordError::Invalid("protocol level")),
+            };
+            let expiry_interval = r.u32()?;
+            let disconnected_ms = r.u64()?;
+            let count = r.u16()?;
+            let mut subscriptions = Vec::with_capacity(usize::from(count));
+            for _ in 0..count {
+                let filter = r.short()?;
+                let o = r.u8()?;
+                let options = SubscriptionOptions {
+                    qos: QoS::from_u8(o & 0b11).ok_or(RecordError::Invalid("subscription QoS"))?,
+                    no_local: o & 0b100 != 0,
+                    retain_as_published: o & 0b1000 != 0,
+                    retain_handling: (o >> 4) & 0b11,
+                };
+                let id = r.u32()?;
+                let since = r.marks()?;
+                let stored = StoredSubscription { options, subscription_id: (id != 0).then_some(id), since };
+                subscriptions.push((filter, stored));
+            }
+            let watermarks = r.marks()?;
+            r.done()?;
+            Ok(Record::Session(SessionRecord {
+                client_id,
+                version,
+                expiry_interval,
+                disconnected_ms,
+                subscriptions,
+                watermarks,
+            }))
+        }
+        Some(&other) => Err(RecordError::Kind(other)),
+        None => Err(RecordError::Truncated),
+    }
+}
+
 /// Decodes a body written by [`encode_message`]. `body` should own its bytes (a copy of
 /// the WAL record), since the message's fields are slices of it.
 pub fn decode_message(body: &Bytes, clock: &WallClock, now: Instant) -> Result<Message, RecordError> {
@@ -243,6 +386,53 @@ mod tests {
         let after = WallClock { anchor: later, anchor_unix_ms: before.anchor_unix_ms + 4_000 };
         msg = decode_message(&body, &after, later).expect("decodes");
         assert_eq!(msg.remaining_expiry(later), Some(6));
+    }
+
+    #[test]
+    fn session_records_round_trip() {
+        let now = Instant::now();
+        let c = clock(now);
+        let rec = SessionRecord {
+            client_id: Bytes::from_static(b"dev-1"),
+            version: ProtocolVersion::V5,
+            expiry_interval: 3600,
+            disconnected_ms: 1_700_000_000_123,
+            subscriptions: vec![(
+                Bytes::from_static(b"a/+"),
+                StoredSubscription {
+                    options: SubscriptionOptions {
+                        qos: QoS::AtLeastOnce,
+                        no_local: true,
+                        retain_as_published: true,
+                        retain_handling: 2,
+                    },
+                    subscription_id: Some(9),
+                    since: vec![(0, 10), (1, 20)],
+                },
+            )],
+            watermarks: vec![(0, 15), (1, 25)],
+        };
+        match decode_record(&Bytes::from(encode_session(&rec)), &c, now) {
+            Ok(Record::Session(back)) => {
+                assert_eq!(back.client_id, rec.client_id);
+                assert_eq!(back.expiry_interval, 3600);
+                assert_eq!(back.disconnected_ms, rec.disconnected_ms);
+                assert_eq!(back.watermarks, rec.watermarks);
+                assert_eq!(back.subscriptions[0].0, rec.subscriptions[0].0);
+                assert_eq!(back.subscriptions[0].1.options, rec.subscriptions[0].1.options);
+                assert_eq!(back.subscriptions[0].1.since, rec.subscriptions[0].1.since);
+                assert_eq!(back.subscriptions[0].1.subscription_id, Some(9));
+            }
+            other => panic!("{other:?}"),
+        }
+        match decode_record(&Bytes::from(encode_session_end(b"dev-1")), &c, now) {
+            Ok(Record::SessionEnd(id)) => assert_eq!(id, "dev-1"),
+            other => panic!("{other:?}"),
+        }
+        let body = encode_session(&rec);
+        for cut in 0..body.len() {
+            assert!(decode_record(&Bytes::copy_from_slice(&body[..cut]), &c, now).is_err());
+        }
     }
 
     #[test]

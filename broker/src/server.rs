@@ -33,6 +33,7 @@ use crate::message::SharedMessage;
 use crate::persist::WallClock;
 use crate::registry::Registry;
 use crate::session::ConnId;
+use crate::session::Session;
 use crate::storage::{self, DirLock, StorageError, WalJournal};
 
 /// Capacity of each cross-core ring.
@@ -92,6 +93,7 @@ struct CoreStart {
     listener: Option<std::net::TcpListener>,
     journal: Option<WalJournal>,
     retained: Vec<SharedMessage>,
+    sessions: Vec<(Session, Instant)>,
 }
 
 impl Running {
@@ -139,8 +141,10 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         nonce,
         clock,
     });
-    let mut starts: Vec<CoreStart> =
-        listeners.into_iter().map(|listener| CoreStart { listener, journal: None, retained: Vec::new() }).collect();
+    let mut starts: Vec<CoreStart> = listeners
+        .into_iter()
+        .map(|listener| CoreStart { listener, journal: None, retained: Vec::new(), sessions: Vec::new() })
+        .collect();
     if let Some(recovered) = recovered {
         for (index, log) in recovered.logs.into_iter().enumerate() {
             let wakeup = shared.wakeups[index].clone();
@@ -148,6 +152,15 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         }
         for msg in recovered.retained {
             starts[shard_of(&msg.topic, cores)].retained.push(msg);
+        }
+        for (mut session, gone) in recovered.sessions {
+            // Claimed here, before any core runs: a CONNECT that the kernel queued before
+            // the cores started must find the restored session, not create a new one.
+            let core = shard_of(&session.client_id, cores);
+            let claim = shared.registry.claim(&session.client_id, core);
+            session.epoch = claim.token;
+            session.claim = claim.token;
+            starts[core].sessions.push((session, gone));
         }
     }
     let starts: Arc<Vec<std::sync::Mutex<Option<CoreStart>>>> =
@@ -192,13 +205,16 @@ async fn run_core(index: usize, shared: Arc<Shared>, start: Option<CoreStart>) {
     let config = Arc::clone(&shared.config);
     let mut core =
         Core::new(index, shared.cores, Arc::clone(&config), Arc::clone(&shared.registry), shared.nonce, shared.clock);
-    let CoreStart { listener, journal, retained } =
-        start.unwrap_or(CoreStart { listener: None, journal: None, retained: Vec::new() });
+    let CoreStart { listener, journal, retained, sessions } =
+        start.unwrap_or(CoreStart { listener: None, journal: None, retained: Vec::new(), sessions: Vec::new() });
     if let Some(journal) = journal {
         core.set_journal(Box::new(journal), config.wal_sync_mode == WalSyncMode::Immediate);
     }
     for msg in retained {
         core.restore_retained(msg);
+    }
+    for (session, gone) in sessions {
+        core.restore_session(session, gone);
     }
     let driver = Rc::new(Driver {
         id: index,

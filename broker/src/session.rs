@@ -31,6 +31,9 @@ pub struct Outgoing {
     pub qos: QoS,
     pub retain: bool,
     pub subscription_ids: Vec<u32>,
+    /// (shard, log sequence number) when the message is in a shard's WAL: what a
+    /// persistent session's progress is measured in.
+    pub origin: Option<(usize, u64)>,
 }
 
 #[derive(Debug)]
@@ -42,10 +45,13 @@ pub struct Inflight {
     pub released: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredSubscription {
     pub options: SubscriptionOptions,
     pub subscription_id: Option<u32>,
+    /// Per shard, the log sequence number at which the subscription took effect: on
+    /// recovery, only later messages of that shard are owed to it.
+    pub since: Vec<(usize, u64)>,
 }
 
 /// What outlives a connection. Moves between cores on takeover, so it is `Send`.
@@ -80,6 +86,12 @@ pub struct Session {
     pub will_due: Option<Instant>,
     /// Due time of this session's one live timer-heap entry.
     pub timer_at: Option<Instant>,
+    /// Per shard, the highest log sequence number offered to this session.
+    pub seen: HashMap<usize, u64>,
+    /// Whether a snapshot of this session is in a log (so its end must be logged too).
+    pub persisted: bool,
+    /// Progress not yet checkpointed.
+    pub progress_dirty: bool,
 }
 
 impl Session {
@@ -102,7 +114,31 @@ impl Session {
             will: None,
             will_due: None,
             timer_at: None,
+            seen: HashMap::new(),
+            persisted: false,
+            progress_dirty: false,
         }
+    }
+
+    /// Whether the session outlives its connection (and so is logged).
+    pub fn is_persistent(&self) -> bool {
+        self.expiry_interval > 0
+    }
+
+    /// Per shard, the log sequence number up to which nothing is owed to this session any
+    /// more: everything it was offered from that shard, except what still waits in its
+    /// queue or for an acknowledgement.
+    pub fn watermarks(&self) -> Vec<(usize, u64)> {
+        let mut marks: HashMap<usize, u64> = self.seen.clone();
+        let owed = self.inflight.values().map(|f| &f.out).chain(self.queue.iter());
+        for (shard, seq) in owed.filter_map(|o| o.origin) {
+            if let Some(m) = marks.get_mut(&shard) {
+                *m = (*m).min(seq - 1);
+            }
+        }
+        let mut v: Vec<(usize, u64)> = marks.into_iter().collect();
+        v.sort_unstable();
+        v
     }
 
     /// The earliest instant at which a timer of this session (will delay, expiry) is due.
@@ -307,6 +343,11 @@ pub fn offer(
     w: &mut Writer<'_>,
     stats: &mut Stats,
 ) {
+    if let Some((shard, seq)) = out.origin {
+        let seen = session.seen.entry(shard).or_insert(0);
+        *seen = (*seen).max(seq);
+        session.progress_dirty = true;
+    }
     if out.msg.is_expired(now) {
         stats.dropped_expired += 1;
         return;
@@ -345,8 +386,11 @@ fn in_use(session: &Session) -> usize {
 
 /// Removes an acknowledged (or abandoned) outbound exchange.
 pub fn complete(session: &mut Session, pkid: u16) {
-    if session.inflight.remove(&pkid).is_some() && !session.resend.is_empty() {
-        session.resend.retain(|&id| id != pkid);
+    if let Some(f) = session.inflight.remove(&pkid) {
+        if !session.resend.is_empty() {
+            session.resend.retain(|&id| id != pkid);
+        }
+        session.progress_dirty |= f.out.origin.is_some();
     }
 }
 

@@ -1,10 +1,12 @@
 //! The broker's use of the write-ahead log: one log per shard under `<data-dir>/wal/`,
 //! opened and recovered at startup, then written by a [`WalWriter`] thread per shard.
 //!
-//! Recovery today restores retained messages (the newest record per topic wins; an empty
-//! payload deletes). QoS 1/2 messages are logged, and acknowledged only once durable in
-//! `immediate` mode, so an acknowledged message is on disk after a crash; restoring the
-//! persistent sessions that were owed them is the next step of the WAL work.
+//! Recovery restores retained messages (the newest record per topic wins; an empty
+//! payload deletes) and persistent sessions (the newest snapshot wins; an end record
+//! deletes), then queues for each restored session the logged QoS 1/2 messages it is still
+//! owed: those after its progress watermark for that shard and after the start of a
+//! matching subscription. QoS 1/2 messages are acknowledged only once durable in
+//! `immediate` mode, so what a publisher was told is taken is there to be re-queued.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -16,10 +18,14 @@ use bytes::Bytes;
 use promptmq_wal::writer::{SyncMode, WalWriter};
 use promptmq_wal::{Log, Options, RecoveryReport};
 
+use crate::codec::QoS;
 use crate::config::{Config, WalSyncMode};
 use crate::core::Journal;
 use crate::message::SharedMessage;
-use crate::persist::{self, WallClock};
+use crate::persist::{self, Record, SessionRecord, WallClock};
+use crate::session::{Limits, Outgoing, Session};
+use crate::stats::Stats;
+use crate::topic;
 
 /// Why storage could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -73,59 +79,170 @@ fn existing_shards(data_dir: &Path) -> Vec<usize> {
     v
 }
 
+/// (timestamp, shard, sequence): orders the records of one topic or client across logs.
+type RecordKey = (u64, usize, u64);
+
 /// What recovery produced for the cores.
 pub struct Recovered {
     /// One open log per current shard.
     pub logs: Vec<Log>,
     /// The retained messages to restore.
     pub retained: Vec<SharedMessage>,
+    /// Persistent sessions to restore (offline), with the messages they are owed queued,
+    /// and when they went offline.
+    pub sessions: Vec<(Session, Instant)>,
     pub reports: Vec<(usize, RecoveryReport)>,
     /// Records that passed the log's checksum but could not be decoded.
     pub undecodable: u64,
+    /// Messages queued for restored sessions.
+    pub requeued: u64,
 }
 
 fn options(config: &Config) -> Options {
     Options { segment_size: config.wal_segment_size, ..Options::default() }
 }
 
-/// (timestamp, shard, sequence): orders the records of one topic across logs.
-type RecordKey = (u64, usize, u64);
-
-/// Opens (creating as needed) every shard's log and replays it.
+/// Opens (creating as needed) every shard's log and replays it: the newest retained message
+/// per topic, the newest snapshot of each persistent session, then (second pass) the
+/// messages each restored session is still owed.
 pub fn recover(config: &Config, clock: &WallClock, now: Instant) -> Result<Recovered, StorageError> {
     let cores = config.effective_cores();
     let now_ms = clock.unix_ms(now);
-    // Newest retained record per topic: (timestamp, shard, seq) orders records of one
-    // topic even when the core count changed between runs.
+    // Newest record per topic / client id: (timestamp, shard, seq) orders the records of
+    // one topic even when the core count changed between runs.
     let mut latest: HashMap<Bytes, (RecordKey, Option<SharedMessage>)> = HashMap::new();
+    let mut sessions: HashMap<Bytes, (RecordKey, Option<SessionRecord>)> = HashMap::new();
     let mut undecodable = 0;
-    let mut logs = Vec::with_capacity(cores);
+    let mut opened: Vec<(usize, Log)> = Vec::new();
     let mut reports = Vec::new();
     let mut shards: Vec<usize> = (0..cores).collect();
     shards.extend(existing_shards(&config.data_dir).into_iter().filter(|&s| s >= cores));
     for shard in shards {
         let dir = shard_dir(&config.data_dir, shard);
         let (log, report) = Log::open(&dir, shard as u32, options(config), now_ms, |r| {
+            let key = (r.timestamp_ms, shard, r.seq);
             let body = Bytes::copy_from_slice(r.body);
-            match persist::decode_message(&body, clock, now) {
-                Ok(msg) if msg.retain => {
-                    let key = (r.timestamp_ms, shard, r.seq);
+            match persist::decode_record(&body, clock, now) {
+                Ok(Record::Message(msg)) if msg.retain => {
                     let entry = latest.entry(msg.topic.clone()).or_insert((key, None));
                     if key >= entry.0 {
-                        *entry = (key, (!msg.payload.is_empty()).then(|| Arc::new(msg)));
+                        *entry = (key, (!msg.payload.is_empty()).then(|| Arc::new(*msg)));
                     }
                 }
-                Ok(_) => {}
+                Ok(Record::Message(_)) => {}
+                Ok(Record::Session(rec)) => {
+                    let entry = sessions.entry(rec.client_id.clone()).or_insert((key, None));
+                    if key >= entry.0 {
+                        *entry = (key, Some(rec));
+                    }
+                }
+                Ok(Record::SessionEnd(client_id)) => {
+                    let entry = sessions.entry(client_id).or_insert((key, None));
+                    if key >= entry.0 {
+                        *entry = (key, None);
+                    }
+                }
                 Err(_) => undecodable += 1,
             }
         })?;
         reports.push((shard, report));
-        if shard < cores {
-            logs.push(log);
-        }
+        opened.push((shard, log));
     }
     let retained = latest.into_values().filter_map(|(_, m)| m).filter(|m| !m.is_expired(now)).collect();
-    Ok(Recovered { logs, retained, reports, undecodable })
+
+    // Sessions that have not expired meanwhile. One connected at the crash counts as
+    // disconnected now.
+    let mut restored: Vec<(Session, Instant)> = sessions
+        .into_values()
+        .filter_map(|(_, rec)| rec)
+        .filter_map(|rec| {
+            let gone_ms = if rec.disconnected_ms == 0 { now_ms } else { rec.disconnected_ms };
+            let expired = rec.expiry_interval != u32::MAX
+                && gone_ms.saturating_add(u64::from(rec.expiry_interval) * 1000) <= now_ms;
+            (!expired).then(|| (session_from(rec), clock.instant(gone_ms, now)))
+        })
+        .collect();
+
+    let mut requeued = 0;
+    if !restored.is_empty() {
+        for (shard, log) in &opened {
+            let start = restored.iter().map(|(s, _)| s.seen.get(shard).copied().unwrap_or(0)).min().unwrap_or(0);
+            log.read_from(start + 1, |r| {
+                let body = Bytes::copy_from_slice(r.body);
+                let Ok(Record::Message(msg)) = persist::decode_record(&body, clock, now) else { return };
+                if msg.qos == QoS::AtMostOnce || msg.is_expired(now) {
+                    return;
+                }
+                let msg = Arc::new(*msg);
+                for (session, _) in restored.iter_mut() {
+                    if let Some(out) = owed(session, *shard, r.seq, &msg) {
+                        session.enqueue(out, limits(config), &mut Stats::default());
+                        requeued += 1;
+                    }
+                }
+            })?;
+            let last = log.next_seq() - 1;
+            for (session, _) in restored.iter_mut() {
+                // Everything of this shard up to its last record has now been considered.
+                let seen = session.seen.entry(*shard).or_insert(0);
+                *seen = (*seen).max(last);
+            }
+        }
+    }
+    let logs = opened.into_iter().filter(|(shard, _)| *shard < cores).map(|(_, log)| log).collect();
+    Ok(Recovered { logs, retained, sessions: restored, reports, undecodable, requeued })
+}
+
+fn limits(config: &Config) -> Limits {
+    Limits {
+        max_inflight: config.max_inflight,
+        max_queued: config.max_queued_messages,
+        drop_policy: config.queue_drop_policy,
+        max_write_buffer: config.max_write_buffer,
+    }
+}
+
+fn session_from(rec: SessionRecord) -> Session {
+    let mut s = Session::new(rec.client_id, 0, rec.version);
+    s.expiry_interval = rec.expiry_interval;
+    s.subscriptions = rec.subscriptions.into_iter().collect();
+    s.seen = rec.watermarks.into_iter().collect();
+    s
+}
+
+/// The delivery `session` is owed for message `seq` of `shard`'s log, if any: the message
+/// is after the session's progress and after the start of a subscription that matches it
+/// (one copy for overlapping subscriptions, highest QoS, all identifiers). Shared
+/// subscriptions are not restored from the log (their messages went to one member).
+fn owed(session: &Session, shard: usize, seq: u64, msg: &SharedMessage) -> Option<Outgoing> {
+    if seq <= session.seen.get(&shard).copied().unwrap_or(0) {
+        return None;
+    }
+    let mut out: Option<Outgoing> = None;
+    for (filter, sub) in &session.subscriptions {
+        if !matches!(topic::parse_shared(filter), Ok(None)) {
+            continue;
+        }
+        let since = sub.since.iter().find(|(s, _)| *s == shard).map_or(0, |(_, seq)| *seq);
+        if seq <= since || !topic::matches(filter, &msg.topic) {
+            continue;
+        }
+        if sub.options.no_local && msg.publisher == session.client_id {
+            continue;
+        }
+        let qos = sub.options.qos.min(msg.qos);
+        let o = out.get_or_insert_with(|| Outgoing {
+            msg: Arc::clone(msg),
+            qos,
+            retain: false,
+            subscription_ids: Vec::new(),
+            origin: Some((shard, seq)),
+        });
+        o.qos = o.qos.max(qos);
+        o.retain |= sub.options.retain_as_published && msg.retain;
+        o.subscription_ids.extend(sub.subscription_id);
+    }
+    out.filter(|o| o.qos != QoS::AtMostOnce)
 }
 
 /// Logs what recovery found, loudly where data was lost.
@@ -151,7 +268,12 @@ pub fn log_recovery(r: &Recovered) {
     if r.undecodable > 0 {
         tracing::error!(records = r.undecodable, "WAL records could not be decoded and were skipped");
     }
-    tracing::info!(retained = r.retained.len(), "retained messages restored");
+    tracing::info!(
+        retained = r.retained.len(),
+        sessions = r.sessions.len(),
+        requeued = r.requeued,
+        "retained messages and persistent sessions restored"
+    );
 }
 
 /// The sync mode the writer threads run with.
@@ -196,5 +318,8 @@ impl Journal for WalJournal {
     }
     fn failing(&self) -> bool {
         self.writer.is_failing()
+    }
+    fn next_seq(&self) -> u64 {
+        self.writer.next_seq()
     }
 }

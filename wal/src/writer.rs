@@ -117,6 +117,11 @@ impl WalWriter {
         }
     }
 
+    /// The sequence number the next [`WalWriter::append`] returns.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     /// Every record up to this sequence number is durable (per the sync mode's meaning).
     pub fn durable_seq(&self) -> u64 {
         self.shared.durable.load(Ordering::Acquire)
