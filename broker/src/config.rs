@@ -50,6 +50,17 @@ pub struct Config {
     #[arg(long, env = "PROMPTMQ_STORAGE_WAL_SEGMENT_SIZE", default_value_t = 64 * 1024 * 1024, value_parser = parse_segment_size)]
     pub wal_segment_size: u64,
 
+    /// Delete log segments whose newest record is older than this many seconds (0 = keep
+    /// regardless of age). Data still needed is kept: messages owed to persistent sessions,
+    /// and retained messages and session state, which are rewritten ahead of the cut.
+    #[arg(long, env = "PROMPTMQ_STORAGE_RETENTION_MAX_MESSAGE_AGE", default_value_t = 7 * 24 * 3600)]
+    pub retention_max_message_age: u64,
+
+    /// Keep each shard's log under this many bytes by deleting its oldest segments (0 = no
+    /// limit), with the same exceptions as the age limit.
+    #[arg(long, env = "PROMPTMQ_STORAGE_RETENTION_MAX_SIZE", default_value_t = 0)]
+    pub retention_max_size: u64,
+
     /// How connections reach the cores: `reuseport` (each core accepts on its own
     /// SO_REUSEPORT listener; Linux only) or `handoff` (core 0 accepts and hands sockets to
     /// the cores round-robin). The default picks reuseport where the kernel balances it.

@@ -182,7 +182,50 @@ pub trait Journal {
     fn failing(&self) -> bool;
     /// The sequence number the next append gets.
     fn next_seq(&self) -> u64;
+    /// The log's segments, closed ones oldest first, then the active one.
+    fn segments(&self) -> Vec<promptmq_wal::SegmentInfo> {
+        Vec::new()
+    }
+    /// Allows deleting the closed segments whose records all come before `seq`.
+    fn delete_before(&mut self, _seq: u64) {}
 }
+
+/// What persistent sessions still need from each shard's log, published by every core
+/// for its own sessions (one row per core, one column per shard) so that a shard never
+/// deletes a segment holding messages owed to a session that lives on another core.
+/// Written once a second per core; not on the message path.
+pub struct RetentionPins {
+    cores: usize,
+    needed: Vec<std::sync::atomic::AtomicU64>,
+}
+
+impl RetentionPins {
+    pub fn new(cores: usize) -> RetentionPins {
+        RetentionPins { cores, needed: (0..cores * cores).map(|_| std::sync::atomic::AtomicU64::new(0)).collect() }
+    }
+
+    fn publish(&self, core: usize, shard: usize, seq: u64) {
+        if let Some(a) = self.needed.get(core * self.cores + shard) {
+            a.store(seq, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// The lowest sequence number of `shard`'s log any core still needs. Until a core has
+    /// published, it pins everything (0).
+    fn needed_from(&self, shard: usize) -> u64 {
+        (0..self.cores)
+            .filter_map(|c| self.needed.get(c * self.cores + shard))
+            .map(|a| a.load(std::sync::atomic::Ordering::Acquire))
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+/// Records younger than this are never deleted (see `check_retention`).
+const PIN_LAG_MS: u64 = 3_000;
+
+/// How often a shard looks at its log's retention.
+const RETENTION_CHECK: Duration = Duration::from_secs(5);
 /// How long a core forwards deliveries for a session that moved to another core (they were
 /// routed before the shards learned the new route).
 const TOMBSTONE: Duration = Duration::from_secs(10);
@@ -237,6 +280,16 @@ pub struct Core {
     journal_backlog: VecDeque<Backlogged>,
     /// The sequence number this shard's next log record gets.
     next_log_seq: u64,
+    pins: Option<Arc<RetentionPins>>,
+    /// Log sequence number of each retained message's record in this shard's log (0 when
+    /// it was restored from an earlier run: rewritten before any deletion).
+    retained_seq: HashMap<Bytes, u64>,
+    /// The latest snapshot of each persistent session homed at this shard: (seq, body),
+    /// rewritten ahead of a retention cut.
+    snapshots: HashMap<Bytes, (u64, Vec<u8>)>,
+    /// A deletion waiting for the rewritten records to be durable: (cut, needs durable).
+    pending_cut: Option<(u64, u64)>,
+    next_retention_check: Option<Instant>,
     /// Acknowledgements waiting for their record to be durable, in sequence order.
     pending_acks: VecDeque<(u64, PublishAck, u8)>,
     /// Wall clock for durable records.
@@ -309,6 +362,11 @@ impl Core {
             journal_backlog: VecDeque::new(),
             pending_acks: VecDeque::new(),
             next_log_seq: 1,
+            pins: None,
+            retained_seq: HashMap::new(),
+            snapshots: HashMap::new(),
+            pending_cut: None,
+            next_retention_check: None,
             clock,
             stats: Stats::default(),
         }
@@ -426,7 +484,12 @@ impl Core {
             for client_id in dirty {
                 self.persist_session(&client_id, now);
             }
+            self.publish_pins();
             self.next_checkpoint = Some(now + CHECKPOINT);
+        }
+        if self.next_retention_check.is_none_or(|t| t <= now) {
+            self.check_retention(now);
+            self.next_retention_check = Some(now + RETENTION_CHECK);
         }
         while let Some(Reverse((due, _))) = self.timers.peek() {
             if *due > now {
@@ -1404,6 +1467,15 @@ impl Core {
             }
             CoreMsg::Persist { body } => {
                 if self.journal.is_some() {
+                    match persist::record_client_id(&body) {
+                        Some((client_id, true)) => {
+                            self.snapshots.insert(owned(&client_id), (self.next_log_seq, body.clone()));
+                        }
+                        Some((client_id, false)) => {
+                            self.snapshots.remove(&client_id);
+                        }
+                        None => {}
+                    }
                     self.append_record(self.clock.unix_ms(now), body, None);
                 }
             }
@@ -1477,6 +1549,13 @@ impl Core {
             }
         }
         let body = persist::encode_message(&msg, &self.clock);
+        if msg.retain {
+            if msg.payload.is_empty() {
+                self.retained_seq.remove(&msg.topic);
+            } else {
+                self.retained_seq.insert(owned(&msg.topic), self.next_log_seq);
+            }
+        }
         self.append_record(self.clock.unix_ms(now), body, waiting);
     }
 
@@ -1532,9 +1611,10 @@ impl Core {
 
     /// Installs the shard's durable log. `wait_for_durable` (sync mode `immediate`) makes
     /// QoS 1/2 acknowledgements wait for the sync that covers their record.
-    pub fn set_journal(&mut self, journal: Box<dyn Journal>, wait_for_durable: bool) {
+    pub fn set_journal(&mut self, journal: Box<dyn Journal>, wait_for_durable: bool, pins: Arc<RetentionPins>) {
         self.next_log_seq = journal.next_seq();
         self.journal = Some(journal);
+        self.pins = Some(pins);
         self.wait_for_durable = wait_for_durable;
     }
 
@@ -1586,6 +1666,96 @@ impl Core {
         }
     }
 
+    /// Publishes, per shard, the lowest log sequence number the persistent sessions of this
+    /// core still need: the oldest message each holds (queued or unacknowledged) from that
+    /// shard. Messages never routed to a session are not needed by it, whatever its
+    /// subscriptions; messages routed from now on are at the head of the log.
+    fn publish_pins(&mut self) {
+        let Some(pins) = self.pins.clone() else { return };
+        let mut needed = vec![u64::MAX; self.cores];
+        for s in self.sessions.values().filter(|s| s.is_persistent()) {
+            let held = s.inflight.values().map(|f| &f.out).chain(s.queue.iter());
+            for (shard, seq) in held.filter_map(|o| o.origin) {
+                if let Some(n) = needed.get_mut(shard) {
+                    *n = (*n).min(seq);
+                }
+            }
+        }
+        for (shard, n) in needed.into_iter().enumerate() {
+            pins.publish(self.id, shard, n);
+        }
+    }
+
+    /// Applies the retention limits to this shard's log: finds the closed segments past
+    /// their age or beyond the size limit, keeps those holding messages persistent sessions
+    /// are owed, rewrites the retained messages and session snapshots that live in them
+    /// (they are state, not history), and once the rewrites are durable lets the writer
+    /// delete the segments.
+    fn check_retention(&mut self, now: Instant) {
+        let Some(journal) = self.journal.as_mut() else { return };
+        if let Some((cut, needs)) = self.pending_cut {
+            if journal.durable_seq() >= needs {
+                journal.delete_before(cut);
+                self.pending_cut = None;
+            }
+            return;
+        }
+        let (max_age_s, max_size) = (self.config.retention_max_message_age, self.config.retention_max_size);
+        if max_age_s == 0 && max_size == 0 {
+            return;
+        }
+        let segments = journal.segments();
+        let Some((_active, closed)) = segments.split_last() else { return };
+        let now_ms = self.clock.unix_ms(now);
+        let mut total: u64 = segments.iter().map(|s| self.config.wal_segment_size.max(s.used_bytes)).sum();
+        let mut cut = 0;
+        for seg in closed {
+            // Pins are published once a second: a segment with records younger than a few
+            // seconds may hold messages just routed to a session whose pin is not out yet.
+            if seg.newest_ms.is_some_and(|t| now_ms.saturating_sub(t) < PIN_LAG_MS) {
+                break;
+            }
+            let too_old = max_age_s > 0 && seg.newest_ms.is_none_or(|t| now_ms.saturating_sub(t) > max_age_s * 1000);
+            let too_big = max_size > 0 && total > max_size;
+            if !(too_old || too_big) {
+                break;
+            }
+            cut = seg.last_seq + 1;
+            total = total.saturating_sub(self.config.wal_segment_size.max(seg.used_bytes));
+        }
+        let sessions_need = self.pins.as_ref().map_or(0, |p| p.needed_from(self.id));
+        let cut = cut.min(sessions_need);
+        if cut <= 1 {
+            return;
+        }
+        // State living below the cut is written again at the head of the log.
+        let stale_retained: Vec<Bytes> =
+            self.retained_seq.iter().filter(|(_, &seq)| seq < cut).map(|(t, _)| t.clone()).collect();
+        for topic in stale_retained {
+            let mut found = Vec::new();
+            self.retained.matching(&topic, &mut found);
+            match found.into_iter().find(|m| m.topic == topic) {
+                Some(msg) if !msg.is_expired(now) => {
+                    self.retained_seq.insert(topic, self.next_log_seq);
+                    let body = persist::encode_message(&msg, &self.clock);
+                    self.append_record(now_ms, body, None);
+                }
+                _ => {
+                    self.retained_seq.remove(&topic);
+                }
+            }
+        }
+        let stale_snapshots: Vec<Bytes> =
+            self.snapshots.iter().filter(|(_, (seq, _))| *seq < cut).map(|(c, _)| c.clone()).collect();
+        for client_id in stale_snapshots {
+            if let Some((_, body)) = self.snapshots.get(&client_id).cloned() {
+                self.snapshots.insert(client_id, (self.next_log_seq, body.clone()));
+                self.append_record(now_ms, body, None);
+            }
+        }
+        self.pending_cut = Some((cut, self.next_log_seq - 1));
+    }
+
     /// Restores a persistent session recovered from the logs at startup: offline, with its
     /// subscriptions re-registered in the shards and the messages it was owed queued. The
     /// caller has already claimed its client id for this core in the registry.
@@ -1601,6 +1771,7 @@ impl Core {
 
     /// Restores a retained message recovered from a log at startup.
     pub fn restore_retained(&mut self, msg: SharedMessage) {
+        self.retained_seq.insert(owned(&msg.topic), 0);
         self.retained.set(&msg);
     }
 

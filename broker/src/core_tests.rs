@@ -862,7 +862,7 @@ fn immediate_mode_acknowledges_only_after_the_record_is_durable() {
     let mut c = Cluster::new(2);
     let journals: Vec<FakeJournal> = (0..2).map(|_| FakeJournal::default()).collect();
     for (core, j) in c.cores.iter_mut().zip(&journals) {
-        core.set_journal(Box::new(j.clone()), true);
+        core.set_journal(Box::new(j.clone()), true, Arc::new(super::RetentionPins::new(2)));
     }
     let publisher = c.open(0, connect("durable", ProtocolVersion::V5));
     c.recv(publisher);
@@ -884,7 +884,7 @@ fn immediate_mode_acknowledges_only_after_the_record_is_durable() {
 fn a_failing_log_fails_the_acknowledgement_instead_of_faking_success() {
     let mut c = Cluster::new(1);
     let journal = FakeJournal::default();
-    c.cores[0].set_journal(Box::new(journal.clone()), true);
+    c.cores[0].set_journal(Box::new(journal.clone()), true, Arc::new(super::RetentionPins::new(1)));
     let v5 = c.open(0, connect("v5", ProtocolVersion::V5));
     c.recv(v5);
     let v4 = c.open(0, connect("v4", ProtocolVersion::V311));

@@ -97,6 +97,17 @@ pub fn encode_session(r: &SessionRecord) -> Vec<u8> {
     out
 }
 
+/// For a session record (snapshot or end), its client id and whether it is a snapshot.
+pub fn record_client_id(body: &[u8]) -> Option<(Bytes, bool)> {
+    let kind = *body.get(1)?;
+    if kind != KIND_SESSION && kind != KIND_SESSION_END {
+        return None;
+    }
+    let len = usize::from(u16::from_le_bytes([*body.get(2)?, *body.get(3)?]));
+    let id = body.get(4..4 + len)?;
+    Some((Bytes::copy_from_slice(id), kind == KIND_SESSION))
+}
+
 pub fn encode_session_end(client_id: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + client_id.len());
     out.push(VERSION);

@@ -27,7 +27,7 @@ use crossbeam_queue::ArrayQueue;
 use promptmq_runtime_tokio as rt;
 
 use crate::config::{AcceptMode, Config, WalSyncMode};
-use crate::core::shard_of;
+use crate::core::{shard_of, RetentionPins};
 use crate::core::{Action, Core, CoreMsg};
 use crate::message::SharedMessage;
 use crate::persist::WallClock;
@@ -61,6 +61,7 @@ struct Shared {
     handoff: Vec<ArrayQueue<std::net::TcpStream>>,
     nonce: u64,
     clock: WallClock,
+    pins: Arc<RetentionPins>,
 }
 
 impl Shared {
@@ -140,6 +141,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         handoff: (0..if reuseport { 0 } else { cores }).map(|_| ArrayQueue::new(1024)).collect(),
         nonce,
         clock,
+        pins: Arc::new(RetentionPins::new(cores)),
     });
     let mut starts: Vec<CoreStart> = listeners
         .into_iter()
@@ -208,7 +210,7 @@ async fn run_core(index: usize, shared: Arc<Shared>, start: Option<CoreStart>) {
     let CoreStart { listener, journal, retained, sessions } =
         start.unwrap_or(CoreStart { listener: None, journal: None, retained: Vec::new(), sessions: Vec::new() });
     if let Some(journal) = journal {
-        core.set_journal(Box::new(journal), config.wal_sync_mode == WalSyncMode::Immediate);
+        core.set_journal(Box::new(journal), config.wal_sync_mode == WalSyncMode::Immediate, Arc::clone(&shared.pins));
     }
     for msg in retained {
         core.restore_retained(msg);

@@ -322,4 +322,10 @@ impl Journal for WalJournal {
     fn next_seq(&self) -> u64 {
         self.writer.next_seq()
     }
+    fn segments(&self) -> Vec<promptmq_wal::SegmentInfo> {
+        self.writer.segments()
+    }
+    fn delete_before(&mut self, seq: u64) {
+        self.writer.delete_before(seq);
+    }
 }

@@ -232,3 +232,84 @@ async fn a_persistent_subscriber_gets_every_acknowledged_message_after_kill_9() 
         }
     }
 }
+
+fn segment_count(data: &std::path::Path) -> usize {
+    let Ok(shards) = std::fs::read_dir(data.join("wal")) else { return 0 };
+    shards
+        .filter_map(|s| std::fs::read_dir(s.ok()?.path()).ok())
+        .flat_map(|files| files.filter_map(|f| f.ok()))
+        .filter(|f| f.path().extension().is_some_and(|e| e == "wal"))
+        .count()
+}
+
+/// Waits (up to 20 s) until the number of segment files drops below `than`.
+async fn segments_drop_below(data: &std::path::Path, than: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = segment_count(data);
+        if n < than || Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_old_segments_but_keeps_what_is_still_needed() {
+    skip_on_mosquitto!("promptmq's WAL retention");
+    let mut broker = BrokerOpts::new()
+        .cores(2)
+        .max_queued_messages(100_000)
+        .extra_args(&["--wal-segment-size", "65536", "--retention-max-size", "262144"])
+        .start()
+        .await;
+    let port = broker.port();
+    // State that lives in the oldest segments: a retained message, a persistent session,
+    // and messages owed to that session while it is offline.
+    let mut p = Client5::connect(port, "ret-pub", true, None).await;
+    p.publish("keep/retained", QoS5::AtLeastOnce, true, "still here").await;
+    let mut sub = Client5::connect(port, "ret-sub", false, Some(3600)).await;
+    sub.subscribe("owed/#", QoS5::AtLeastOnce).await;
+    sub.disconnect().await;
+    for i in 0..20 {
+        p.publish("owed/x", QoS5::AtLeastOnce, false, format!("owed {i}")).await;
+    }
+    // Then much more history than the size limit allows.
+    let noise = vec![b'n'; 400];
+    let publish_noise = async |p: &mut Client5| {
+        for _ in 0..30 {
+            let batch: Vec<(String, Vec<u8>)> = (0..100).map(|i| (format!("noise/{i}"), noise.clone())).collect();
+            p.publish_many(batch, QoS5::AtLeastOnce).await;
+        }
+    };
+    publish_noise(&mut p).await;
+    let before = segment_count(&broker.data_dir());
+    let after = segments_drop_below(&broker.data_dir(), before).await;
+    assert!(after < before, "old segments deleted: {before} -> {after}");
+
+    // The owed messages pin their shard's log until the session has them.
+    let mut sub = Client5::connect(port, "ret-sub", false, Some(3600)).await;
+    let mut owed = Vec::new();
+    while let Some(m) = sub.try_recv(Duration::from_secs(2)).await {
+        owed.push(String::from_utf8_lossy(&m.payload).into_owned());
+    }
+    let expected: Vec<String> = (0..20).map(|i| format!("owed {i}")).collect();
+    assert_eq!(owed, expected, "messages owed to the offline session were kept");
+    sub.disconnect().await;
+    // Released: now every shard's oldest segments go, retained message and session
+    // snapshot included, and those two must have been rewritten ahead of the cut.
+    publish_noise(&mut p).await;
+    p.disconnect().await;
+    let settled = segments_drop_below(&broker.data_dir(), after).await;
+    assert!(settled < after, "pinned segments released: {after} -> {settled}");
+    let per_shard_limit = 262_144 / 65_536 + 2;
+    assert!(settled <= 2 * per_shard_limit, "{settled} segments for 2 shards");
+
+    broker.crash_and_restart().await;
+    let mut r = Client5::connect(port, "ret-reader", true, None).await;
+    r.subscribe("keep/#", QoS5::AtLeastOnce).await;
+    let retained = r.recv().await;
+    assert_eq!(&retained.payload[..], b"still here", "the retained message was rewritten ahead of the cut");
+    let sub = Client5::connect(port, "ret-sub", false, Some(3600)).await;
+    assert!(sub.connack.session_present, "the session snapshot was rewritten ahead of the cut");
+}

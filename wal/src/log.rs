@@ -394,6 +394,23 @@ impl Log {
         Ok(())
     }
 
+    /// Deletes the closed segments whose records all come before `seq` (whole segments
+    /// only; the active one is never deleted). Returns the deleted paths.
+    pub fn delete_before(&mut self, seq: u64) -> Result<Vec<PathBuf>, WalError> {
+        let mut deleted = Vec::new();
+        while let Some(oldest) = self.closed.first() {
+            if oldest.last_seq >= seq {
+                break;
+            }
+            fs::remove_file(&oldest.path).map_err(|e| WalError::io("delete", &oldest.path, e))?;
+            deleted.push(self.closed.remove(0).path);
+        }
+        if !deleted.is_empty() {
+            io::sync_dir(&self.dir).map_err(|e| WalError::io("sync directory", &self.dir, e))?;
+        }
+        Ok(deleted)
+    }
+
     /// Deletes whole closed segments, oldest first, while the oldest is older than
     /// `max_age_ms` or the log is larger than `max_bytes`, never one holding a record at or
     /// after `keep_from_seq` (data still needed). Returns the deleted paths.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
-use crate::log::Log;
+use crate::log::{Log, SegmentInfo};
 
 /// When records become durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +49,10 @@ struct Shared {
     failing: AtomicBool,
     error: Mutex<Option<String>>,
     thread: std::sync::OnceLock<std::thread::Thread>,
+    /// The log's segments as of the last change, for the producer's retention decisions.
+    segments: Mutex<Vec<SegmentInfo>>,
+    /// Closed segments entirely before this sequence number may be deleted.
+    delete_before: AtomicU64,
 }
 
 /// Handle of a running writer thread. Owned by the single producer of its log.
@@ -83,6 +87,8 @@ impl WalWriter {
             failing: AtomicBool::new(false),
             error: Mutex::new(None),
             thread: std::sync::OnceLock::new(),
+            segments: Mutex::new(log.segments().cloned().collect()),
+            delete_before: AtomicU64::new(0),
         });
         let next_seq = log.next_seq();
         let thread_shared = Arc::clone(&shared);
@@ -115,6 +121,18 @@ impl WalWriter {
         if let Some(t) = self.shared.thread.get() {
             t.unpark();
         }
+    }
+
+    /// The log's segments (closed ones oldest first, then the active one) as of the last
+    /// roll or deletion.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.shared.segments.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Lets the thread delete the closed segments whose records all come before `seq`.
+    pub fn delete_before(&self, seq: u64) {
+        self.shared.delete_before.fetch_max(seq, Ordering::AcqRel);
+        self.wake();
     }
 
     /// The sequence number the next [`WalWriter::append`] returns.
@@ -165,9 +183,22 @@ fn run(mut log: Log, mode: SyncMode, clock: Clock, shared: Arc<Shared>, on_durab
     let mut first_unsynced: Option<Instant> = None;
     let mut last_sync = Instant::now();
     let mut failing = false;
+    let mut deleted_before = 0;
+    let mut segment_count = log.segments().count();
     loop {
         while let Some(e) = shared.queue.pop() {
             pending.push_back(e);
+        }
+        let cut = shared.delete_before.load(Ordering::Acquire);
+        let mut refresh = false;
+        if cut > deleted_before {
+            match log.delete_before(cut) {
+                Ok(deleted) => {
+                    deleted_before = cut;
+                    refresh = !deleted.is_empty();
+                }
+                Err(err) => report(&shared, Some(err.to_string())),
+            }
         }
         let now_ms = clock();
         while let Some(e) = pending.front() {
@@ -184,6 +215,11 @@ fn run(mut log: Log, mode: SyncMode, clock: Clock, shared: Arc<Shared>, on_durab
                     break;
                 }
             }
+        }
+        let count = log.segments().count();
+        if count != segment_count || refresh {
+            segment_count = count;
+            *shared.segments.lock().unwrap_or_else(|p| p.into_inner()) = log.segments().cloned().collect();
         }
         let now = Instant::now();
         let due = unsynced_records > 0
