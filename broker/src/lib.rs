@@ -27,6 +27,7 @@ pub mod server;
 pub mod session;
 pub mod stats;
 pub mod storage;
+pub mod tools;
 pub mod topic;
 
 /// `VERSION (git COMMIT)` as printed by `--version` and the startup line.

@@ -1,11 +1,73 @@
-//! The `promptmq` binary: parses the configuration, starts the cores, waits.
+//! The `promptmq` binary: runs the broker, or an operator tool (`promptmq wal ...`).
+
+use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use promptmq::config::Config;
 
+#[derive(Parser)]
+#[command(name = "promptmq", version = promptmq::VERSION_STRING, about = "A fast, durable MQTT 3.1.1 and 5.0 broker")]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect the write-ahead log of a data directory (read only).
+    Wal {
+        #[command(subcommand)]
+        tool: WalTool,
+    },
+}
+
+#[derive(Subcommand)]
+enum WalTool {
+    /// Segments, bytes, records per topic, oldest and newest timestamps, per shard.
+    Stats {
+        /// Data directory to read (default: the broker's --data-dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Topics to list per shard, most records first.
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+    },
+    /// The stored history of a topic, oldest first.
+    Dump {
+        /// Data directory to read (default: the broker's --data-dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        topic: String,
+        /// Show only the last N records.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let cli = Cli::parse();
+    let config = cli.config;
+    if let Some(Command::Wal { tool }) = cli.command {
+        let mut out = std::io::stdout().lock();
+        let (dir, result) = match tool {
+            WalTool::Stats { data_dir, top } => {
+                let dir = data_dir.unwrap_or(config.data_dir);
+                let r = promptmq::tools::wal_stats(&dir, top, &mut out);
+                (dir, r)
+            }
+            WalTool::Dump { data_dir, topic, limit } => {
+                let dir = data_dir.unwrap_or(config.data_dir);
+                let r = promptmq::tools::wal_dump(&dir, &topic, limit, &mut out);
+                (dir, r)
+            }
+        };
+        return result.with_context(|| format!("cannot read the WAL in {}", dir.display()));
+    }
+
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level).with_context(|| {
         format!("invalid --log-level {:?}: use error, warn, info, debug or trace", config.log_level)
     })?;

@@ -135,3 +135,37 @@ async fn handoff_accept_mode_serves_clients_on_every_core() {
         .collect();
     assert_eq!(cores.len(), 4, "connections spread over all 4 cores: {cores:?}\n{log}");
 }
+
+#[tokio::test]
+async fn wal_stats_and_dump_read_a_data_directory() {
+    if common::is_mosquitto() {
+        return;
+    }
+    let broker = BrokerOpts::new().cores(2).start().await;
+    let mut p = Client4::connect(broker.port(), "wal-tools", true).await;
+    for i in 0..5 {
+        p.publish("tools/history", rumqttc::QoS::AtLeastOnce, false, format!("entry {i}")).await;
+    }
+    p.publish("tools/state", rumqttc::QoS::AtMostOnce, true, "retained").await;
+    p.disconnect().await;
+    let data = broker.data_dir();
+    // Immediate mode: acknowledged means written. The QoS 0 retained publish has no
+    // acknowledgement to wait for; give it a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_promptmq")).args(args).output().expect("run tool");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dir = data.to_str().expect("utf-8 path");
+    let stats = run(&["wal", "stats", "--data-dir", dir]);
+    assert!(stats.contains("shard 0") && stats.contains("shard 1"), "{stats}");
+    assert!(stats.lines().any(|l| l.trim_start().starts_with("5 records") && l.ends_with("tools/history")), "{stats}");
+    let dump = run(&["wal", "dump", "--data-dir", dir, "--topic", "tools/history", "--limit", "3"]);
+    let lines: Vec<&str> = dump.lines().collect();
+    assert_eq!(lines.len(), 3, "{dump}");
+    assert!(
+        lines[0].contains("\"entry 2\"") && lines[2].contains("\"entry 4\"") && lines[2].contains("qos 1"),
+        "{dump}"
+    );
+}

@@ -19,7 +19,7 @@ pub mod log;
 pub mod writer;
 
 pub use format::RecordRef;
-pub use log::{Log, Options, RecoveryReport, SegmentInfo};
+pub use log::{inspect, Log, Options, RecoveryReport, SegmentInfo};
 
 use std::path::{Path, PathBuf};
 
