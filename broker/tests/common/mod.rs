@@ -95,6 +95,8 @@ pub struct BrokerOpts {
     pub log_level: Option<String>,
     /// Further promptmq flags, appended as given (ignored for mosquitto).
     pub extra_args: Vec<String>,
+    /// Use this data directory instead of a fresh temporary one.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for BrokerOpts {
@@ -108,6 +110,7 @@ impl Default for BrokerOpts {
             topic_alias_maximum: None,
             log_level: None,
             extra_args: Vec::new(),
+            data_dir: None,
         }
     }
 }
@@ -142,6 +145,10 @@ impl BrokerOpts {
     }
     pub fn log_level(mut self, level: &str) -> Self {
         self.log_level = Some(level.to_string());
+        self
+    }
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.data_dir = Some(dir.to_path_buf());
         self
     }
     pub fn extra_args(mut self, args: &[&str]) -> Self {
@@ -194,7 +201,7 @@ impl Broker {
         let port = free_port();
         let dir = unique_dir(&format!("c{}", opts.cores));
         let log = dir.join("broker.log");
-        let data = dir.join("data");
+        let data = opts.data_dir.clone().unwrap_or_else(|| dir.join("data"));
         fs::create_dir_all(&data).map_err(|e| e.to_string())?;
         let mut cmd = match broker_kind() {
             BrokerKind::PromptMq => {
@@ -291,7 +298,7 @@ impl Broker {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.join("data")
+        self.opts.data_dir.clone().unwrap_or_else(|| self.dir.join("data"))
     }
 
     pub fn log_text(&self) -> String {
