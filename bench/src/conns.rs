@@ -13,7 +13,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::cli::Options;
 use crate::conn::{self, PING_EVERY};
 use crate::mqtt;
-use crate::report::{rss_kb, ConnsReport, CpuSample, Report};
+use crate::report::{rss_kb, ConnsReport, Report, Usage};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -109,7 +109,7 @@ pub async fn run(opts: &Options, addr: SocketAddr) -> Result<Report> {
         }
     }
     c.connect_secs = started.elapsed().as_secs_f64();
-    let cpu0 = CpuSample::take(opts.pid);
+    let usage = Usage::take(opts.pid);
     let hold_start = Instant::now();
     let hold = Duration::from_secs_f64(opts.duration);
     let mut tick = hold_start + Duration::from_secs(1);
@@ -126,9 +126,9 @@ pub async fn run(opts: &Options, addr: SocketAddr) -> Result<Report> {
         }
     }
     c.rss_after_kb = opts.pid.and_then(rss_kb);
-    if let (Some(a), Some(z)) = (cpu0, CpuSample::take(opts.pid)) {
-        report.broker_cpu_pct = Some(z.percent_since(&a, hold_start.elapsed().as_secs_f64()));
-    }
+    Usage::take(opts.pid).fill_since(&usage, &mut report);
+    report.broker_rss_kb = c.rss_after_kb;
+    report.broker_peak_rss_kb = opts.pid.and_then(crate::report::peak_rss_kb);
     c.connected = tally.connected.load(Relaxed);
     c.failed = k - c.connected;
     c.dropped = tally.dropped.load(Relaxed);

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use crate::cli::{Options, Scenario};
 use crate::conn::{self, Client, ReadBuf, PING_EVERY};
 use crate::mqtt::{self, Version};
-use crate::report::{CpuSample, Latency, Report};
+use crate::report::{rss_kb, Latency, Report, Usage};
 use crate::stamp::{self, SeqTrack, Stamp, STAMP_LEN};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -209,7 +209,7 @@ pub async fn run(opts: &Options, addr: SocketAddr) -> Result<Report> {
     loop {
         let now = Instant::now();
         if cpu_warm.is_none() && now >= clock.warm_end {
-            cpu_warm = Some((CpuSample::take(opts.pid), CpuSample::take(None), now));
+            cpu_warm = Some(Usage::take(opts.pid));
         }
         if now >= clock.stop {
             break;
@@ -225,11 +225,8 @@ pub async fn run(opts: &Options, addr: SocketAddr) -> Result<Report> {
             (last_sent, last_recv, last_t) = (s, r, t);
         }
     }
-    let cpu_stop = (CpuSample::take(opts.pid), CpuSample::take(None), Instant::now());
-    if let Some((b, g, t)) = cpu_warm {
-        let secs = (cpu_stop.2 - t).as_secs_f64();
-        report.broker_cpu_pct = b.zip(cpu_stop.0).map(|(a, z)| z.percent_since(&a, secs));
-        report.bench_cpu_pct = g.zip(cpu_stop.1).map(|(a, z)| z.percent_since(&a, secs));
+    if let Some(u) = cpu_warm {
+        Usage::take(opts.pid).fill_since(&u, &mut report);
     }
 
     // Drain: until every measured message is delivered, or the drain time is up.
@@ -291,6 +288,10 @@ pub async fn run(opts: &Options, addr: SocketAddr) -> Result<Report> {
     }
 
     // Accounting.
+    if let Some(pid) = opts.pid {
+        report.broker_rss_kb = rss_kb(pid);
+        report.broker_peak_rss_kb = crate::report::peak_rss_kb(pid);
+    }
     let window = (clock.stop - clock.warm_end).as_secs_f64();
     let sent: u64 = ranges.iter().map(|&(f, w)| (w - f) as u64).sum();
     report.window_secs = window;

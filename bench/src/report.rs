@@ -84,6 +84,12 @@ pub struct Report {
     /// CPU use over the window in % of one core.
     pub broker_cpu_pct: Option<f64>,
     pub bench_cpu_pct: Option<f64>,
+    /// CPU used by every other process on the machine over the window (% of one core):
+    /// anything well above zero means the run shared the cores with something else.
+    pub other_cpu_pct: Option<f64>,
+    /// The broker's resident memory at the end of the run, and its peak (VmHWM).
+    pub broker_rss_kb: Option<u64>,
+    pub broker_peak_rss_kb: Option<u64>,
     pub conns: Option<ConnsReport>,
     pub errors: Vec<String>,
 }
@@ -155,14 +161,14 @@ impl Report {
             );
             let _ = writeln!(
                 s,
-                "| sent msgs/s | delivered msgs/s | p50 us | p90 us | p99 us | p99.9 us | max us | lost | dup | reordered | late | broker CPU | bench CPU |"
+                "| sent msgs/s | delivered msgs/s | p50 us | p90 us | p99 us | p99.9 us | max us | lost | dup | reordered | late | broker CPU | bench CPU | other CPU | broker peak RSS MiB |"
             );
-            let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
             let l = self.latency.unwrap_or_default();
             let lat = |v: f64| if self.latency.is_some() { format!("{v:.0}") } else { "-".into() };
             let _ = writeln!(
                 s,
-                "| {:.0} | {:.0} | {} | {} | {} | {} | {} | {} ({:.3}%) | {} | {} | {} | {} | {} |",
+                "| {:.0} | {:.0} | {} | {} | {} | {} | {} | {} ({:.3}%) | {} | {} | {} | {} | {} | {} | {} |",
                 self.sent_per_sec,
                 self.delivered_per_sec,
                 lat(l.p50),
@@ -176,7 +182,9 @@ impl Report {
                 self.reordered,
                 self.delivered_late,
                 pct(self.broker_cpu_pct),
-                pct(self.bench_cpu_pct)
+                pct(self.bench_cpu_pct),
+                pct(self.other_cpu_pct),
+                self.broker_peak_rss_kb.map(|k| format!("{:.0}", k as f64 / 1024.0)).unwrap_or_else(|| "-".into())
             );
             if self.foreign > 0 {
                 let _ = writeln!(s, "{} PUBLISHes without this run's stamp were ignored", self.foreign);
@@ -235,6 +243,9 @@ impl Report {
         }
         j.opt("broker_cpu_pct", self.broker_cpu_pct);
         j.opt("bench_cpu_pct", self.bench_cpu_pct);
+        j.opt("other_cpu_pct", self.other_cpu_pct);
+        j.opt("broker_rss_kb", self.broker_rss_kb.map(|v| v as f64));
+        j.opt("broker_peak_rss_kb", self.broker_peak_rss_kb.map(|v| v as f64));
         j.num("errors", self.errors.len() as f64);
         j.str("first_error", self.errors.first().map(String::as_str).unwrap_or(""));
         j.finish()
@@ -364,9 +375,69 @@ pub fn rss_kb(pid: u32) -> Option<u64> {
     parse_vmrss(&s)
 }
 
+/// VmHWM (peak resident memory) of a process in KiB.
+pub fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_kb(&s, "VmHWM:")
+}
+
 pub fn parse_vmrss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    status_kb(status, "VmRSS:")
+}
+
+fn status_kb(status: &str, key: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(key))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Busy time of the whole machine (all CPUs, clock ticks) from the first line of /proc/stat.
+pub fn machine_busy_ticks() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_machine_busy(s.lines().next()?)
+}
+
+fn parse_machine_busy(cpu_line: &str) -> Option<u64> {
+    let mut f = cpu_line.split_whitespace();
+    if f.next()? != "cpu" {
+        return None;
+    }
+    let v: Vec<u64> = f.map(|x| x.parse().unwrap_or(0)).collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user). Interrupt
+    // time is left out: the loopback traffic of the run itself shows up there, not in any
+    // process's time. Steal (the hypervisor's) is kept: it is interference too.
+    let busy = [0, 1, 2, 7].iter().map(|&i| v.get(i).copied().unwrap_or(0)).sum();
+    Some(busy)
+}
+
+/// CPU counters of the broker, this process and the machine at one moment.
+pub struct Usage {
+    broker: Option<CpuSample>,
+    bench: Option<CpuSample>,
+    machine: Option<u64>,
+    at: std::time::Instant,
+}
+
+impl Usage {
+    pub fn take(broker_pid: Option<u32>) -> Usage {
+        Usage {
+            broker: broker_pid.and_then(|p| CpuSample::take(Some(p))),
+            bench: CpuSample::take(None),
+            machine: machine_busy_ticks(),
+            at: std::time::Instant::now(),
+        }
+    }
+
+    /// Fills the CPU fields of `r` with the use between `earlier` and this sample.
+    pub fn fill_since(&self, earlier: &Usage, r: &mut Report) {
+        let secs = (self.at - earlier.at).as_secs_f64();
+        let per = |a: Option<CpuSample>, z: Option<CpuSample>| a.zip(z).map(|(a, z)| z.percent_since(&a, secs));
+        r.broker_cpu_pct = per(earlier.broker, self.broker);
+        r.bench_cpu_pct = per(earlier.bench, self.bench);
+        if let (Some(a), Some(z)) = (earlier.machine, self.machine) {
+            let all = 100.0 * z.saturating_sub(a) as f64 / clock_ticks_per_sec() / secs.max(1e-9);
+            r.other_cpu_pct = Some((all - r.broker_cpu_pct.unwrap_or(0.0) - r.bench_cpu_pct.unwrap_or(0.0)).max(0.0));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -389,6 +460,12 @@ mod tests {
         let s = "Name:\tmosquitto\nVmPeak:\t  9000 kB\nVmRSS:\t    7168 kB\nThreads: 1\n";
         assert_eq!(parse_vmrss(s), Some(7168));
         assert_eq!(parse_vmrss("Name: x\n"), None);
+    }
+
+    #[test]
+    fn machine_busy() {
+        assert_eq!(parse_machine_busy("cpu  10 1 5 1000 7 2 3 4 0 0"), Some(10 + 1 + 5 + 4));
+        assert_eq!(parse_machine_busy("cpu0 1 2 3"), None);
     }
 
     #[test]

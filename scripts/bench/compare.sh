@@ -6,7 +6,8 @@
 #
 # Environment: DURATION (measured seconds, default 5), WARMUP (1), DRAIN (2), CONNS (10000),
 # MQTT (5), PORT (18830), OUT (where the JSON, logs and results.md go; default
-# target/bench/compare-<time>).
+# target/bench/compare-<time>), QUIET_WAIT (seconds to wait, before each run, for the rest of
+# the machine to use less than QUIET_PCT (20) % of one core; default 120).
 #
 # Each scenario runs against a freshly started broker, one broker at a time: mosquitto first,
 # then PromptMQ. The table goes to stdout and to $OUT/results.md. Both brokers are killed at
@@ -20,6 +21,8 @@ DRAIN=${DRAIN:-2}
 CONNS=${CONNS:-10000}
 MQTT=${MQTT:-5}
 PORT=${PORT:-18830}
+QUIET_WAIT=${QUIET_WAIT:-120}
+QUIET_PCT=${QUIET_PCT:-20}
 OUT=${OUT:-target/bench/compare-$(date -u +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -64,6 +67,27 @@ log_type error
 log_type warning
 connection_messages false
 EOF
+
+# Busy CPU of the whole machine over one second, in % of one core (user+nice+system+steal).
+machine_busy_pct() {
+  local a b
+  a=$(awk '/^cpu /{print $2+$3+$4+$9}' /proc/stat)
+  sleep 1
+  b=$(awk '/^cpu /{print $2+$3+$4+$9}' /proc/stat)
+  echo $(( (b - a) * 100 / $(getconf CLK_TCK) ))
+}
+# The cores are shared: wait (bounded) until nothing else is running before a measurement.
+wait_quiet() {
+  local waited=0 busy
+  while busy=$(machine_busy_pct); [ "$busy" -ge "$QUIET_PCT" ]; do
+    if [ "$waited" -ge "$QUIET_WAIT" ]; then
+      log "machine still busy (${busy}% of a core used by others): measuring anyway, see the other-CPU column"
+      return
+    fi
+    [ "$waited" -eq 0 ] && log "waiting for the machine to be quiet (${busy}% of a core busy)"
+    waited=$((waited + 1))
+  done
+}
 
 BROKER_PID=""
 stop_broker() {
@@ -119,6 +143,7 @@ for entry in "${SCENARIOS[@]}"; do
   args=${entry#*|}
   for broker in mosquitto promptmq; do
     base="$OUT/$name.$broker"
+    wait_quiet
     start_broker "$broker" "$base.broker.log" || { STATUS[$name.$broker]=failed; stop_broker; continue; }
     log "$name on $broker: promptmq-bench $args"
     rc=0
@@ -166,6 +191,7 @@ fmt() { # number -> rounded, or passes text through
     echo "$1"
   fi
 }
+mib() { if isnum "$1"; then awk -v v="$1" 'BEGIN{ printf "%.0f", v / 1024 }'; else echo "$1"; fi; }
 ratio() { # mosquitto promptmq -> promptmq / mosquitto
   if isnum "$1" && isnum "$2"; then
     awk -v a="$2" -v b="$1" 'BEGIN{ if (b == 0) print "-"; else printf "%.2f", a / b }'
@@ -201,22 +227,22 @@ note() { # scenario broker -> a short status when not clean
   row "fixed 20k msgs/s pairs 8×8: p99.9 µs (lower is better)" rate20k p999_us
   row "$CONNS idle connections: bytes per connection (lower is better)" conns bytes_per_conn
   echo
-  echo "Details (lost = measured messages not delivered by the end of the drain; late = delivered only after the publishers stopped; CPU in % of one core over the measured window):"
+  echo "Details (lost = measured messages not delivered by the end of the drain; late = delivered only after the publishers stopped; CPU in % of one core over the measured window; other CPU = everything else on the machine, which should be near 0):"
   echo
-  echo "| Scenario | Broker | sent msgs/s | delivered msgs/s | lost (%) | late | p50 µs | p99 µs | p99.9 µs | max µs | broker CPU % | generator CPU % | notes |"
-  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+  echo "| Scenario | Broker | sent msgs/s | delivered msgs/s | lost (%) | late | p50 µs | p99 µs | p99.9 µs | max µs | broker CPU % | generator CPU % | other CPU % | broker peak RSS MiB | notes |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
   for entry in "${SCENARIOS[@]}"; do
     name=${entry%%|*}
     [ "$name" = conns ] && continue
     for broker in mosquitto promptmq; do
-      echo "| $name | $broker | $(fmt "$(val "$name" "$broker" sent_per_sec)") | $(fmt "$(val "$name" "$broker" delivered_per_sec)") | $(val "$name" "$broker" lost) ($(fmt "$(val "$name" "$broker" loss_pct)")) | $(val "$name" "$broker" delivered_late) | $(fmt "$(val "$name" "$broker" p50_us)") | $(fmt "$(val "$name" "$broker" p99_us)") | $(fmt "$(val "$name" "$broker" p999_us)") | $(fmt "$(val "$name" "$broker" max_us)") | $(fmt "$(val "$name" "$broker" broker_cpu_pct)") | $(fmt "$(val "$name" "$broker" bench_cpu_pct)") | $(note "$name" "$broker") |"
+      echo "| $name | $broker | $(fmt "$(val "$name" "$broker" sent_per_sec)") | $(fmt "$(val "$name" "$broker" delivered_per_sec)") | $(val "$name" "$broker" lost) ($(fmt "$(val "$name" "$broker" loss_pct)")) | $(val "$name" "$broker" delivered_late) | $(fmt "$(val "$name" "$broker" p50_us)") | $(fmt "$(val "$name" "$broker" p99_us)") | $(fmt "$(val "$name" "$broker" p999_us)") | $(fmt "$(val "$name" "$broker" max_us)") | $(fmt "$(val "$name" "$broker" broker_cpu_pct)") | $(fmt "$(val "$name" "$broker" bench_cpu_pct)") | $(fmt "$(val "$name" "$broker" other_cpu_pct)") | $(mib "$(val "$name" "$broker" broker_peak_rss_kb)") | $(note "$name" "$broker") |"
     done
   done
   echo
-  echo "| $CONNS idle connections | connected | failed | connect s | RSS before KiB | RSS after KiB | bytes/conn | notes |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---|"
+  echo "| $CONNS idle connections | connected | failed | connect s | RSS before KiB | RSS after KiB | bytes/conn | other CPU % | notes |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---|"
   for broker in mosquitto promptmq; do
-    echo "| $broker | $(val conns "$broker" connected) | $(val conns "$broker" failed) | $(fmt "$(val conns "$broker" connect_secs)") | $(val conns "$broker" rss_before_kb) | $(val conns "$broker" rss_after_kb) | $(fmt "$(val conns "$broker" bytes_per_conn)") | $(note conns "$broker") |"
+    echo "| $broker | $(val conns "$broker" connected) | $(val conns "$broker" failed) | $(fmt "$(val conns "$broker" connect_secs)") | $(val conns "$broker" rss_before_kb) | $(val conns "$broker" rss_after_kb) | $(fmt "$(val conns "$broker" bytes_per_conn)") | $(fmt "$(val conns "$broker" other_cpu_pct)") | $(note conns "$broker") |"
   done
 } | tee "$OUT/results.md"
 log "JSON, logs and results.md are in $OUT"
