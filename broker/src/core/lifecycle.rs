@@ -1,0 +1,424 @@
+//! Connections and sessions over time: CONNECT and CONNACK, session takeover between
+//! cores, DISCONNECT and broker-side closes, keep-alive, will messages (delay or session
+//! end, whichever first), session expiry.
+
+use super::*;
+
+impl Core {
+    pub(super) fn connack_refuse(&mut self, id: ConnId, code: u8) {
+        let ack = ConnAck { session_present: false, code, properties: Properties::default() };
+        self.write_packet(id, &Packet::ConnAck(ack));
+        self.conns.remove(&id);
+        self.flush_writes();
+        self.actions.push(Action::Close(id));
+    }
+
+    pub(super) fn on_connect(&mut self, id: ConnId, c: Connect, now: Instant) {
+        let max_keep_alive = self.config.max_keep_alive;
+        let core_id = self.id;
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        conn.version = c.protocol;
+        let v5 = c.protocol.is_v5();
+        if v5 && c.properties.authentication_method.is_some() {
+            // Enhanced authentication is not supported: say so [MQTT-4.12.0-1].
+            self.connack_refuse(id, reason::BAD_AUTHENTICATION_METHOD);
+            return;
+        }
+        if let Some(w) = &c.will {
+            if topic::validate_topic_name(&w.topic).is_err() {
+                self.connack_refuse(id, reason::TOPIC_NAME_INVALID);
+                return;
+            }
+        }
+        // Owned copies: these live as long as the session, and a slice would pin the whole
+        // read buffer it came from.
+        let mut client_id = owned(&c.client_id);
+        if client_id.is_empty() {
+            if !v5 && !c.clean_start {
+                // [MQTT-3.1.3-8]
+                self.connack_refuse(id, reason::CLIENT_IDENTIFIER_NOT_VALID);
+                return;
+            }
+            client_id = Bytes::from(format!("promptmq-{:x}-{core_id}-{id}", self.nonce));
+            conn.assigned_client_id = v5;
+        }
+        conn.client_id = client_id.clone();
+        let mut keep_alive = c.keep_alive;
+        if v5 && keep_alive > max_keep_alive {
+            keep_alive = max_keep_alive;
+            conn.server_keep_alive = Some(max_keep_alive);
+        }
+        conn.keep_alive = Duration::from_secs(u64::from(keep_alive));
+        conn.clean_start = c.clean_start;
+        conn.will = c.will.map(|mut w| {
+            w.topic = owned(&w.topic);
+            w.payload = owned(&w.payload);
+            detach_properties(&mut w.properties);
+            w
+        });
+        if v5 {
+            let p = &c.properties;
+            conn.client_receive_max = p.receive_maximum.unwrap_or(u16::MAX);
+            conn.client_max_packet = p.maximum_packet_size.map_or(conn.client_max_packet, |m| m as usize);
+            conn.client_alias_max = p.topic_alias_maximum.unwrap_or(0);
+            conn.session_expiry = p.session_expiry_interval.unwrap_or(0);
+        } else {
+            conn.session_expiry = if c.clean_start { 0 } else { u32::MAX };
+        }
+        if !conn.keep_alive.is_zero() {
+            // Not keep_alive_deadline(): the phase is still AwaitingConnect here.
+            let deadline = now + conn.keep_alive * 3 / 2;
+            if conn.timer_at.is_none_or(|t| deadline < t) {
+                conn.timer_at = Some(deadline);
+                self.timers.push(Reverse((deadline, Timer::KeepAlive(id))));
+            }
+        }
+        let claim = self.registry.claim(&client_id, self.id);
+        match claim.previous_core {
+            None => self.establish(id, claim.token, None, now),
+            Some(old_core) => {
+                if let Some(conn) = self.conns.get_mut(&id) {
+                    conn.phase = Phase::AwaitingSession { pending: Vec::new() };
+                }
+                let clean_start = c.clean_start;
+                let takeover =
+                    CoreMsg::Takeover { client_id, new_core: self.id, new_claim: claim.token, clean_start, conn: id };
+                self.send(old_core, takeover);
+            }
+        }
+    }
+
+    /// Completes a CONNECT: attaches (or creates) the session, sends CONNACK, resumes
+    /// unacknowledged deliveries and handles packets pipelined behind CONNECT. `claim` is
+    /// the registry token of this connection's claim on the client id.
+    pub(super) fn establish(&mut self, id: ConnId, claim: u64, existing: Option<Box<Session>>, now: Instant) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            // The connection closed while its session was in transit.
+            let Some((client_id, expiry, will)) = self.closed_awaiting.remove(&id) else { return };
+            match existing {
+                Some(s) => self.adopt_orphan(*s, claim, expiry, will, now),
+                None => match self.deferred_takeovers.remove(&client_id) {
+                    Some(t) => self.handle_message(t, now),
+                    None => self.registry.release(&client_id, claim),
+                },
+            }
+            return;
+        };
+        let pending = match std::mem::replace(&mut conn.phase, Phase::Connected) {
+            Phase::AwaitingSession { pending } => pending,
+            _ => Vec::new(),
+        };
+        let session_present = existing.is_some() && !conn.clean_start;
+        let mut session = match existing {
+            Some(s) if !conn.clean_start => *s,
+            _ => Session::new(conn.client_id.clone(), claim, conn.version),
+        };
+        // A continuing session keeps its epoch (deliveries already routed to it stay
+        // valid); its claim token moves on, so shards can tell newer routes from older.
+        let repoint = session.claim != claim;
+        session.claim = claim;
+        session.conn = Some(id);
+        session.version = conn.version;
+        session.expiry_interval = conn.session_expiry;
+        session.expires_at = None;
+        session.will = conn.will.take();
+        session.will_due = None;
+        // Any heap entry for the session (possibly on another core's heap) is now stale.
+        session.timer_at = None;
+
+        let mut props = Properties::default();
+        if conn.version.is_v5() {
+            props.receive_maximum = Some(self.config.max_inflight);
+            props.maximum_packet_size = Some(self.config.max_packet_size);
+            props.topic_alias_maximum =
+                (self.config.topic_alias_maximum > 0).then_some(self.config.topic_alias_maximum);
+            props.server_keep_alive = conn.server_keep_alive;
+            if conn.assigned_client_id {
+                props.assigned_client_identifier = Some(conn.client_id.clone());
+            }
+        }
+        let ack = ConnAck { session_present, code: reason::SUCCESS, properties: props };
+        let mut w = Writer { out: &mut self.writes, scratch: &mut self.scratch, cache: &mut self.fanout };
+        w.packet(conn, &Packet::ConnAck(ack));
+        session::resume(&mut session, conn, self.limits, now, &mut w, &mut self.stats);
+        if repoint {
+            self.repoint_subscriptions(&session);
+        }
+        let client_id = session.client_id.clone();
+        self.sessions.insert(client_id.clone(), session);
+        self.persist_session(&client_id, now);
+        for packet in pending {
+            if self.conns.contains_key(&id) {
+                self.on_connected_packet(id, packet, now);
+            }
+        }
+        // A newer CONNECT for the same client id arrived while this one waited for the
+        // session: it takes the session over now [MQTT-3.1.4-3].
+        if let Some(t) = self.deferred_takeovers.remove(&client_id) {
+            self.handle_message(t, now);
+        }
+    }
+
+    /// Tells the shards that the session's subscriptions now route to this core, under its
+    /// current claim (a shard ignores route updates older than the one it holds).
+    pub(super) fn repoint_subscriptions(&mut self, session: &Session) {
+        let sref = session_ref(session, self.id);
+        let subs: Vec<(Bytes, StoredSubscription)> =
+            session.subscriptions.iter().map(|(f, s)| (f.clone(), s.clone())).collect();
+        for (full, stored) in subs {
+            self.route_subscribe(None, &sref, &full, stored, false);
+        }
+    }
+
+    /// A session arrived for a connection that closed while waiting for it. The session
+    /// continues as that connection left it: its will and session expiry apply as if the
+    /// connection had been established and then lost.
+    pub(super) fn adopt_orphan(&mut self, mut s: Session, claim: u64, expiry: u32, will: Option<Will>, now: Instant) {
+        if !self.registry.owns(&s.client_id, claim) {
+            // Yet another connection claimed the client id meanwhile; its takeover request
+            // was deferred here and carries the session on.
+            if let Some(t) = self.deferred_takeovers.remove(&s.client_id) {
+                s.conn = None;
+                self.sessions.insert(s.client_id.clone(), s);
+                self.handle_message(t, now);
+            } else {
+                s.will = None;
+                self.end_session(s, now);
+            }
+            return;
+        }
+        s.claim = claim;
+        s.conn = None;
+        s.expiry_interval = expiry;
+        s.will = will;
+        self.repoint_subscriptions(&s);
+        self.detach(s, true, now);
+    }
+
+    pub(super) fn on_takeover(
+        &mut self,
+        client_id: Bytes,
+        new_core: usize,
+        new_claim: u64,
+        clean_start: bool,
+        conn: ConnId,
+        now: Instant,
+    ) {
+        let Some(mut s) = self.sessions.remove(&client_id) else {
+            let waiting = self
+                .conns
+                .values()
+                .any(|c| c.client_id == client_id && matches!(c.phase, Phase::AwaitingSession { .. }));
+            if waiting {
+                // The session is on its way here for an earlier CONNECT: pass it on once it
+                // arrives, instead of answering "no session" now.
+                let t = CoreMsg::Takeover { client_id: client_id.clone(), new_core, new_claim, clean_start, conn };
+                self.deferred_takeovers.insert(client_id, t);
+            } else {
+                self.send(new_core, CoreMsg::Handoff { client_id, conn, claim: new_claim, session: None });
+            }
+            return;
+        };
+        let was_connected = s.conn.is_some();
+        if let Some(old) = s.conn.take() {
+            // [MQTT-3.1.4-3]: the existing connection gets DISCONNECT 0x8E and is closed.
+            if let Some(c) = self.conns.get_mut(&old) {
+                if c.version.is_v5() {
+                    let d = Disconnect { reason: reason::SESSION_TAKEN_OVER, properties: Properties::default() };
+                    Writer { out: &mut self.writes, scratch: &mut self.scratch, cache: &mut self.fanout }
+                        .packet(c, &Packet::Disconnect(d));
+                }
+            }
+            self.conns.remove(&old);
+            self.flush_writes();
+            self.actions.push(Action::Close(old));
+        }
+        // The session ends on takeover when the new connection asks for a clean start, or
+        // when the old connection's Session Expiry Interval was 0 (spec 3.1.4, and
+        // [MQTT-3.1.2-6] for 3.1.1's Clean Session).
+        let ends = clean_start || s.expiry_interval == 0;
+        // The old connection's will (spec 3.1.3.2.2): sent now if its delay is 0 or the
+        // session ends; a delayed will is cancelled when the session continues on the new
+        // connection [MQTT-3.1.3-9].
+        let delay = s.will.as_ref().map_or(0, will_delay);
+        if ends || (was_connected && delay == 0) {
+            if let Some(w) = s.will.take() {
+                self.publish_will(&s.client_id, w, now);
+            }
+        }
+        s.will = None;
+        s.will_due = None;
+        s.timer_at = None;
+        if ends {
+            self.end_session(s, now);
+            self.send(new_core, CoreMsg::Handoff { client_id, conn, claim: new_claim, session: None });
+            return;
+        }
+        if new_core != self.id {
+            let tomb_until = now + TOMBSTONE;
+            self.moved.insert(client_id.clone(), (s.epoch, new_core, tomb_until));
+            self.timers.push(Reverse((tomb_until, Timer::Tombstone(client_id.clone()))));
+        }
+        self.send(new_core, CoreMsg::Handoff { client_id, conn, claim: new_claim, session: Some(Box::new(s)) });
+    }
+
+    pub(super) fn on_disconnect(&mut self, id: ConnId, d: Disconnect, now: Instant) {
+        let Some(conn) = self.conns.get(&id) else { return };
+        if let Some(new_expiry) = d.properties.session_expiry_interval {
+            let Some(session) = self.sessions.get_mut(&conn.client_id) else { return };
+            if session.expiry_interval == 0 && new_expiry != 0 {
+                // [MQTT-3.14.2-2]
+                return self.close(id, CloseWith { reason: Some(reason::PROTOCOL_ERROR), will: true }, now);
+            }
+            session.expiry_interval = new_expiry;
+        }
+        // The will is discarded only on a normal DISCONNECT (0x00) [MQTT-3.1.2-10]; 0x04 and
+        // error reasons keep it [MQTT-3.1.2-8].
+        let will = d.reason != reason::NORMAL_DISCONNECTION;
+        self.close(id, CloseWith { reason: None, will }, now);
+    }
+
+    /// Each connection has at most one live entry in the timer heap: the one whose due
+    /// time is `conn.timer_at`. Others are stale and ignored.
+    pub(super) fn arm_conn_timer(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(deadline) = conn.keep_alive_deadline() else { return };
+        if conn.timer_at.is_none_or(|t| deadline < t) {
+            conn.timer_at = Some(deadline);
+            self.timers.push(Reverse((deadline, Timer::KeepAlive(id))));
+        }
+    }
+
+    pub(super) fn check_keep_alive(&mut self, id: ConnId, due: Instant, now: Instant) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        if conn.timer_at != Some(due) {
+            return;
+        }
+        conn.timer_at = None;
+        let Some(deadline) = conn.keep_alive_deadline() else { return };
+        if deadline <= now {
+            tracing::debug!(conn = id, "keep-alive timeout");
+            self.close(id, CloseWith { reason: Some(reason::KEEP_ALIVE_TIMEOUT), will: true }, now);
+        } else {
+            self.arm_conn_timer(id);
+        }
+    }
+
+    /// Closes a connection from the broker side and detaches its session.
+    pub(super) fn close(&mut self, id: ConnId, how: CloseWith, now: Instant) {
+        let Some(mut conn) = self.conns.remove(&id) else { return };
+        if let (Some(code), true) = (how.reason, conn.version.is_v5() && matches!(conn.phase, Phase::Connected)) {
+            let d = Disconnect { reason: code, properties: Properties::default() };
+            Writer { out: &mut self.writes, scratch: &mut self.scratch, cache: &mut self.fanout }
+                .packet(&mut conn, &Packet::Disconnect(d));
+        }
+        self.flush_writes();
+        self.actions.push(Action::Close(id));
+        match conn.phase {
+            Phase::Connected => {}
+            Phase::AwaitingSession { .. } => {
+                // Its session is in transit: remember what this connection would have set,
+                // for when the session arrives (see `adopt_orphan`).
+                let will = if how.will { conn.will.take() } else { None };
+                self.closed_awaiting.insert(id, (conn.client_id.clone(), conn.session_expiry, will));
+                return;
+            }
+            Phase::AwaitingConnect => return,
+        }
+        let Some(mut session) = self.sessions.remove(&conn.client_id) else { return };
+        if session.conn != Some(id) {
+            self.sessions.insert(conn.client_id.clone(), session);
+            return;
+        }
+        session.conn = None;
+        self.detach(session, how.will, now);
+    }
+
+    /// Applies the end of a session's connection: its will (published now, or when the will
+    /// delay passes, or discarded when `will` is false) and its expiry (ends now when the
+    /// Session Expiry Interval is 0, otherwise the session waits offline).
+    pub(super) fn detach(&mut self, mut session: Session, will: bool, now: Instant) {
+        if !will {
+            session.will = None;
+        }
+        if let Some(w) = &session.will {
+            let delay = will_delay(w);
+            if delay == 0 {
+                if let Some(w) = session.will.take() {
+                    self.publish_will(&session.client_id, w, now);
+                }
+            } else {
+                session.will_due = Some(now + Duration::from_secs(u64::from(delay)));
+            }
+        }
+        if session.expiry_interval == 0 {
+            self.end_session(session, now);
+        } else {
+            if session.expiry_interval != u32::MAX {
+                session.expires_at = Some(now + Duration::from_secs(u64::from(session.expiry_interval)));
+            }
+            self.park_session(session, now);
+        }
+    }
+
+    pub(super) fn park_session(&mut self, mut session: Session, now: Instant) {
+        arm_session_timer(&mut session, &mut self.timers);
+        let client_id = session.client_id.clone();
+        self.sessions.insert(client_id.clone(), session);
+        self.persist_session(&client_id, now);
+    }
+
+    pub(super) fn check_session(&mut self, client_id: &Bytes, due: Instant, now: Instant) {
+        let Some(session) = self.sessions.get_mut(client_id) else { return };
+        if session.timer_at != Some(due) {
+            return;
+        }
+        session.timer_at = None;
+        if session.conn.is_some() {
+            return;
+        }
+        if session.expires_at.is_some_and(|t| t <= now) {
+            if let Some(s) = self.sessions.remove(client_id) {
+                self.end_session(s, now);
+            }
+            return;
+        }
+        if session.will_due.is_some_and(|t| t <= now) {
+            session.will_due = None;
+            if let Some(w) = session.will.take() {
+                let cid = session.client_id.clone();
+                self.publish_will(&cid, w, now);
+            }
+        }
+        if let Some(session) = self.sessions.get_mut(client_id) {
+            arm_session_timer(session, &mut self.timers);
+        }
+    }
+
+    /// Ends a session: its pending will is published (will delay or session end, whichever
+    /// comes first), its subscriptions leave the shards and its client id is released.
+    pub(super) fn end_session(&mut self, mut s: Session, now: Instant) {
+        if let Some(w) = s.will.take() {
+            self.publish_will(&s.client_id, w, now);
+        }
+        if s.persisted && self.config.wal_enabled {
+            let home = shard_of(&s.client_id, self.cores);
+            self.send(home, CoreMsg::Persist { body: persist::encode_session_end(&s.client_id) });
+        }
+        let filters: Vec<Bytes> = s.subscriptions.drain().map(|(f, _)| f).collect();
+        for f in filters {
+            self.route_unsubscribe(None, &s.client_id, s.epoch, &f);
+        }
+        self.registry.release(&s.client_id, s.claim);
+    }
+
+    pub(super) fn publish_will(&mut self, client_id: &Bytes, w: Will, now: Instant) {
+        let mut p = Publish::new(w.topic.clone(), w.qos, w.payload);
+        p.retain = w.retain;
+        p.properties = w.properties;
+        p.properties.will_delay_interval = None;
+        let msg = Arc::new(Message::from_publish(p, w.topic, client_id.clone(), now));
+        let shard = shard_of(&msg.topic, self.cores);
+        self.send(shard, CoreMsg::Publish { msg, ack: None });
+    }
+}

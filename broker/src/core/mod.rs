@@ -1,0 +1,655 @@
+//! One core's broker state machine, sans-IO: events in ([`Core::on_bytes`],
+//! [`Core::on_message`], [`Core::on_tick`], ...), [`Action`]s out. The runtime driver
+//! (`server.rs`) owns sockets, timers and rings and does what the actions say; this file
+//! never touches a socket or reads a clock (time comes in as `now`).
+//!
+//! A core plays two roles:
+//! - **session host** for the connections it accepted and the sessions that live on it;
+//! - **shard** for the topics that hash to it: it orders their messages, keeps their
+//!   retained messages and their subscriptions (exact filters here only, wildcard
+//!   filters on every shard), and fans messages out to the cores hosting subscribers.
+//!
+//! Cores talk only through [`CoreMsg`]s. A message to itself takes no ring: it goes
+//! through `local_inbox` within the same event.
+//!
+//! Files: this one holds the state, the events and the dispatch; `lifecycle.rs` CONNECT,
+//! takeover, close, keep-alive, wills and expiry; `publish.rs` the message path;
+//! `subscribe.rs` SUBSCRIBE/UNSUBSCRIBE; `durability.rs` the write-ahead log's side;
+//! `tests.rs` scenario tests of several cores wired together with an injected clock.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::codec::{
+    self, reason, Ack, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS,
+    SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
+};
+use crate::config::Config;
+use crate::message::{detach_properties, owned, Message, SharedMessage};
+use crate::persist::{self, WallClock};
+use crate::registry::Registry;
+use crate::router::{RetainedStore, SessionRef, Subscriber, SubscriptionIndex, Target};
+use crate::session::{self, Conn, ConnId, FanoutCache, Limits, Outgoing, Phase, Session, StoredSubscription, Writer};
+use crate::stats::Stats;
+use crate::topic;
+
+/// What the driver must do.
+#[derive(Debug)]
+pub enum Action {
+    /// Append these bytes to the connection's write queue.
+    Write(ConnId, Bytes),
+    /// Write what is queued, then close the connection.
+    Close(ConnId),
+    /// Push onto the ring towards `core` and wake it.
+    Send(usize, CoreMsg),
+}
+
+/// Identifies a request awaiting replies from shards (SUBSCRIBE, UNSUBSCRIBE).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestRef {
+    pub core: usize,
+    pub id: u64,
+}
+
+/// Where a shard sends the acknowledgement of an inbound QoS 1/2 publish. The shard
+/// replies once it has taken the message (and, with the WAL, once it is durable), so the
+/// PUBACK/PUBREC is an action the shard may delay.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishAck {
+    pub core: usize,
+    pub conn: ConnId,
+    pub pkid: u16,
+    pub qos: QoS,
+}
+
+/// Messages between cores.
+#[derive(Debug)]
+pub enum CoreMsg {
+    /// To the topic's shard: order, retain, fan out.
+    Publish {
+        msg: SharedMessage,
+        ack: Option<PublishAck>,
+    },
+    /// From the shard: the publish was taken.
+    /// `reason`: success, no matching subscribers, or a failure (the log could not keep it).
+    PublishDone {
+        conn: ConnId,
+        pkid: u16,
+        qos: QoS,
+        reason: u8,
+    },
+    /// From a shard to a session host: deliver `msg` to these sessions.
+    Deliver {
+        msg: SharedMessage,
+        /// (shard, log sequence number) when the message was logged.
+        origin: Option<(usize, u64)>,
+        targets: Vec<Target>,
+    },
+    /// To a shard: add or replace a subscription.
+    Subscribe {
+        req: Option<(RequestRef, usize)>,
+        subscriber: Subscriber,
+        filter: Bytes,
+        group: Option<Bytes>,
+        want_retained: bool,
+    },
+    /// From a shard: subscription in place; retained messages that match it.
+    /// `head` is the shard's last log sequence number when the subscription took effect.
+    SubscribeDone {
+        req_id: u64,
+        filter_index: usize,
+        retained: Vec<SharedMessage>,
+        shard: usize,
+        head: u64,
+    },
+    /// To a client id's home shard: append this session record to its log.
+    Persist {
+        body: Vec<u8>,
+    },
+    /// To a shard: remove a subscription of this session incarnation.
+    Unsubscribe {
+        req: Option<RequestRef>,
+        client_id: Bytes,
+        epoch: u64,
+        filter: Bytes,
+        group: Option<Bytes>,
+    },
+    UnsubscribeDone {
+        req_id: u64,
+    },
+    /// To the core holding a client id: a new connection on `new_core` claims it.
+    Takeover {
+        client_id: Bytes,
+        new_core: usize,
+        new_claim: u64,
+        clean_start: bool,
+        conn: ConnId,
+    },
+    /// Reply to `Takeover`: the session, unless it ended or the new connection asked for a
+    /// clean start.
+    Handoff {
+        client_id: Bytes,
+        conn: ConnId,
+        claim: u64,
+        session: Option<Box<Session>>,
+    },
+}
+
+enum Pending {
+    SubAck {
+        conn: ConnId,
+        pkid: u16,
+        reasons: Vec<u8>,
+        filters: Vec<(QoS, Option<u32>)>,
+        /// The filter of each index (empty for refused ones), to record where each
+        /// subscription starts in each shard's log.
+        keys: Vec<Bytes>,
+        outstanding: usize,
+        retained: Vec<(usize, SharedMessage)>,
+    },
+    UnsubAck {
+        conn: ConnId,
+        pkid: u16,
+        reasons: Vec<u8>,
+        outstanding: usize,
+    },
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    KeepAlive(ConnId),
+    Session(Bytes),
+    Tombstone(Bytes),
+}
+
+const RETAINED_SWEEP: Duration = Duration::from_secs(30);
+/// How often persistent sessions' delivery progress is logged.
+const CHECKPOINT: Duration = Duration::from_secs(1);
+/// How long a core forwards deliveries for a session that moved to another core (they were
+/// routed before the shards learned the new route).
+const TOMBSTONE: Duration = Duration::from_secs(10);
+
+fn session_ref(s: &Session, core: usize) -> SessionRef {
+    SessionRef { client_id: s.client_id.clone(), core, epoch: s.epoch, claim: s.claim }
+}
+
+/// Why a connection is being closed by the broker.
+struct CloseWith {
+    /// DISCONNECT reason to send first (MQTT 5 only).
+    reason: Option<u8>,
+    /// Publish the will (abnormal end) or discard it.
+    will: bool,
+}
+
+/// One core: session host and shard.
+pub struct Core {
+    pub id: usize,
+    cores: usize,
+    config: Arc<Config>,
+    limits: Limits,
+    registry: Arc<Registry>,
+    conns: HashMap<ConnId, Conn>,
+    next_conn: ConnId,
+    sessions: HashMap<Bytes, Session>,
+    /// Sessions handed to another core: (epoch, core, until). Deliveries still addressed
+    /// here for that epoch are forwarded.
+    moved: HashMap<Bytes, (u64, usize, Instant)>,
+    /// Takeover requests that arrived while this core's connection for the same client id
+    /// was still waiting for the session; served once the session arrives.
+    deferred_takeovers: HashMap<Bytes, CoreMsg>,
+    /// Connections that closed while waiting for their session: (client id, session expiry,
+    /// will), applied when the session arrives.
+    closed_awaiting: HashMap<ConnId, (Bytes, u32, Option<Will>)>,
+    subscriptions: SubscriptionIndex,
+    retained: RetainedStore,
+    pending: HashMap<u64, Pending>,
+    next_request: u64,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    local_inbox: VecDeque<CoreMsg>,
+    actions: Vec<Action>,
+    writes: Vec<(ConnId, Bytes)>,
+    scratch: BytesMut,
+    fanout: FanoutCache,
+    route_scratch: Vec<Target>,
+    /// This shard's durable log, if any.
+    journal: Option<Box<dyn Journal>>,
+    wait_for_durable: bool,
+    /// Records not yet accepted by the journal (its queue was full): (timestamp, body,
+    /// acknowledgement waiting for it).
+    journal_backlog: VecDeque<Backlogged>,
+    /// The sequence number this shard's next log record gets.
+    next_log_seq: u64,
+    pins: Option<Arc<RetentionPins>>,
+    /// Log sequence number of each retained message's record in this shard's log (0 when
+    /// it was restored from an earlier run: rewritten before any deletion).
+    retained_seq: HashMap<Bytes, u64>,
+    /// The latest snapshot of each persistent session homed at this shard: (seq, body),
+    /// rewritten ahead of a retention cut.
+    snapshots: HashMap<Bytes, (u64, Vec<u8>)>,
+    /// A deletion waiting for the rewritten records to be durable: (cut, needs durable).
+    pending_cut: Option<(u64, u64)>,
+    next_retention_check: Option<Instant>,
+    /// Acknowledgements waiting for their record to be durable, in sequence order.
+    pending_acks: VecDeque<(u64, PublishAck, u8)>,
+    /// Wall clock for durable records.
+    clock: WallClock,
+    /// When expired retained messages are next swept out.
+    next_retained_sweep: Option<Instant>,
+    /// When persistent sessions' progress is next logged.
+    next_checkpoint: Option<Instant>,
+    /// Distinguishes assigned client ids of this process from those of earlier runs.
+    nonce: u64,
+    pub stats: Stats,
+}
+
+/// FNV-1a: stable across processes and platforms, so a topic maps to the same shard after
+/// a restart (the WAL depends on that).
+pub fn shard_of(topic: &[u8], cores: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in topic {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % cores.max(1) as u64) as usize
+}
+
+impl Core {
+    /// `nonce` makes assigned client ids unique across restarts (the driver passes the
+    /// start time).
+    pub fn new(
+        id: usize,
+        cores: usize,
+        config: Arc<Config>,
+        registry: Arc<Registry>,
+        nonce: u64,
+        clock: WallClock,
+    ) -> Core {
+        let limits = Limits {
+            max_inflight: config.max_inflight,
+            max_queued: config.max_queued_messages,
+            drop_policy: config.queue_drop_policy,
+            max_write_buffer: config.max_write_buffer,
+        };
+        Core {
+            id,
+            cores,
+            config,
+            limits,
+            registry,
+            conns: HashMap::new(),
+            next_conn: 1,
+            sessions: HashMap::new(),
+            moved: HashMap::new(),
+            deferred_takeovers: HashMap::new(),
+            closed_awaiting: HashMap::new(),
+            subscriptions: SubscriptionIndex::default(),
+            retained: RetainedStore::default(),
+            pending: HashMap::new(),
+            next_request: 1,
+            timers: BinaryHeap::new(),
+            local_inbox: VecDeque::new(),
+            actions: Vec::new(),
+            writes: Vec::new(),
+            scratch: BytesMut::with_capacity(4096),
+            fanout: FanoutCache::default(),
+            route_scratch: Vec::new(),
+            nonce,
+            next_retained_sweep: None,
+            next_checkpoint: None,
+            journal: None,
+            wait_for_durable: false,
+            journal_backlog: VecDeque::new(),
+            pending_acks: VecDeque::new(),
+            next_log_seq: 1,
+            pins: None,
+            retained_seq: HashMap::new(),
+            snapshots: HashMap::new(),
+            pending_cut: None,
+            next_retention_check: None,
+            clock,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Takes the actions produced so far.
+    pub fn take_actions(&mut self, into: &mut Vec<Action>) {
+        self.flush_writes();
+        into.append(&mut self.actions);
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn retained_count(&self) -> usize {
+        self.retained.len()
+    }
+
+    /// A connection was accepted on this core.
+    pub fn on_accept(&mut self, now: Instant) -> ConnId {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        self.conns.insert(id, Conn::new(id, now));
+        self.arm_conn_timer(id);
+        self.stats.connections_accepted += 1;
+        id
+    }
+
+    /// Bytes arrived on a connection: decodes and handles every complete packet in `buf`,
+    /// leaving a partial one in place.
+    pub fn on_bytes(&mut self, id: ConnId, buf: &mut BytesMut, now: Instant) {
+        let max = self.config.max_packet_size as usize;
+        loop {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                buf.clear();
+                break;
+            };
+            conn.last_seen = now;
+            let version = match conn.phase {
+                Phase::AwaitingConnect => None,
+                _ => Some(conn.version),
+            };
+            let frame = match codec::check_frame(buf, max) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    buf.clear();
+                    self.protocol_failure(id, &e, now);
+                    break;
+                }
+            };
+            let bytes = buf.split_to(frame.total_len).freeze();
+            match codec::decode_packet(bytes, version) {
+                Ok(packet) => self.on_packet(id, packet, now),
+                Err(e) => {
+                    buf.clear();
+                    self.protocol_failure(id, &e, now);
+                    break;
+                }
+            }
+        }
+        self.run_local(now);
+    }
+
+    /// The connection's socket closed or failed.
+    pub fn on_closed(&mut self, id: ConnId, now: Instant) {
+        if self.conns.contains_key(&id) {
+            self.close(id, CloseWith { reason: None, will: true }, now);
+            self.run_local(now);
+        }
+    }
+
+    /// Bytes handed to the writer of this connection and not yet written.
+    pub fn pending_write(&self, id: ConnId) -> usize {
+        self.conns.get(&id).map_or(0, |c| c.pending_write)
+    }
+
+    /// The writer wrote `n` bytes of this connection's queue.
+    pub fn on_written(&mut self, id: ConnId, n: usize) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.pending_write = c.pending_write.saturating_sub(n);
+        }
+    }
+
+    /// A message from another core (or from this one).
+    pub fn on_message(&mut self, msg: CoreMsg, now: Instant) {
+        self.handle_message(msg, now);
+        self.run_local(now);
+    }
+
+    /// Time passed: keep-alive, will delay, session expiry.
+    pub fn on_tick(&mut self, now: Instant) {
+        self.prune_timers();
+        self.on_durable(now);
+        if self.next_retained_sweep.is_none_or(|t| t <= now) {
+            self.retained.remove_expired(now);
+            self.next_retained_sweep = Some(now + RETAINED_SWEEP);
+        }
+        if self.next_checkpoint.is_none_or(|t| t <= now) {
+            // Log the progress of persistent sessions, so that after a crash fewer
+            // acknowledged messages are delivered again.
+            let dirty: Vec<Bytes> = self
+                .sessions
+                .values()
+                .filter(|s| s.progress_dirty && s.is_persistent())
+                .map(|s| s.client_id.clone())
+                .collect();
+            for client_id in dirty {
+                self.persist_session(&client_id, now);
+            }
+            self.publish_pins();
+            self.next_checkpoint = Some(now + CHECKPOINT);
+        }
+        if self.next_retention_check.is_none_or(|t| t <= now) {
+            self.check_retention(now);
+            self.next_retention_check = Some(now + RETENTION_CHECK);
+        }
+        while let Some(Reverse((due, _))) = self.timers.peek() {
+            if *due > now {
+                break;
+            }
+            let Some(Reverse((due, timer))) = self.timers.pop() else { break };
+            match timer {
+                Timer::KeepAlive(id) => self.check_keep_alive(id, due, now),
+                Timer::Session(client_id) => self.check_session(&client_id, due, now),
+                Timer::Tombstone(client_id) => {
+                    if self.moved.get(&client_id).is_some_and(|m| m.2 <= now) {
+                        self.moved.remove(&client_id);
+                    }
+                }
+            }
+        }
+        self.run_local(now);
+    }
+
+    /// The earliest timer, so the driver knows when to tick next.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    fn send(&mut self, core: usize, msg: CoreMsg) {
+        if core == self.id {
+            self.local_inbox.push_back(msg);
+        } else {
+            self.actions.push(Action::Send(core, msg));
+        }
+    }
+
+    fn run_local(&mut self, now: Instant) {
+        while let Some(msg) = self.local_inbox.pop_front() {
+            self.handle_message(msg, now);
+        }
+        self.flush_writes();
+    }
+
+    fn flush_writes(&mut self) {
+        for (id, bytes) in self.writes.drain(..) {
+            self.actions.push(Action::Write(id, bytes));
+        }
+    }
+
+    fn write_packet(&mut self, id: ConnId, packet: &Packet) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        Writer { out: &mut self.writes, scratch: &mut self.scratch, cache: &mut self.fanout }.packet(conn, packet);
+    }
+
+    fn shards_for(&self, filter: &[u8]) -> Vec<usize> {
+        if topic::has_wildcards(filter) {
+            (0..self.cores).collect()
+        } else {
+            vec![shard_of(filter, self.cores)]
+        }
+    }
+
+    fn on_packet(&mut self, id: ConnId, packet: Packet, now: Instant) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        match &mut conn.phase {
+            Phase::AwaitingConnect => match packet {
+                Packet::Connect(c) => self.on_connect(id, c, now),
+                // The decoder accepts only CONNECT before CONNECT; this is defence in depth.
+                _ => self.close(id, CloseWith { reason: None, will: false }, now),
+            },
+            Phase::AwaitingSession { pending } => {
+                // A client may pipeline packets behind CONNECT; a few are normal, hundreds
+                // before the CONNACK are abuse (each may be a full-size packet).
+                if pending.len() >= 128 {
+                    self.close(id, CloseWith { reason: Some(reason::RECEIVE_MAXIMUM_EXCEEDED), will: false }, now);
+                } else {
+                    pending.push(packet);
+                }
+            }
+            Phase::Connected => self.on_connected_packet(id, packet, now),
+        }
+    }
+
+    fn on_connected_packet(&mut self, id: ConnId, packet: Packet, now: Instant) {
+        match packet {
+            Packet::Publish(p) => self.on_publish(id, p, now),
+            Packet::PubAck(a) => self.on_puback(id, a.pkid, now),
+            Packet::PubRec(a) => self.on_pubrec(id, a, now),
+            Packet::PubRel(a) => self.on_pubrel(id, a.pkid),
+            Packet::PubComp(a) => self.on_pubcomp(id, a.pkid, now),
+            Packet::Subscribe(s) => self.on_subscribe(id, s, now),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(id, u, now),
+            Packet::PingReq => self.write_packet(id, &Packet::PingResp),
+            Packet::Disconnect(d) => self.on_disconnect(id, d, now),
+            // A second CONNECT is a protocol error [MQTT-3.1.0-2]; so is AUTH when CONNECT
+            // named no authentication method [MQTT-4.12.0-1]; and server-to-client packets.
+            Packet::Connect(_)
+            | Packet::Auth(_)
+            | Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp => self.close(id, CloseWith { reason: Some(reason::PROTOCOL_ERROR), will: true }, now),
+        }
+    }
+
+    fn protocol_failure(&mut self, id: ConnId, e: &DecodeError, now: Instant) {
+        let Some(conn) = self.conns.get(&id) else { return };
+        tracing::debug!(conn = id, error = %e, "closing connection on bad packet");
+        if matches!(conn.phase, Phase::AwaitingConnect) {
+            // A CONNECT we cannot accept: answer with CONNACK where the client can read it
+            // [MQTT-3.1.2-2], then close.
+            if let DecodeError::UnsupportedProtocolVersion(level) = e {
+                let (version, code) = if *level > 5 {
+                    (ProtocolVersion::V5, reason::UNSUPPORTED_PROTOCOL_VERSION)
+                } else {
+                    (ProtocolVersion::V311, reason::UNSUPPORTED_PROTOCOL_VERSION)
+                };
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.version = version;
+                }
+                self.connack_refuse(id, code);
+                return;
+            }
+            self.close(id, CloseWith { reason: None, will: false }, now);
+            return;
+        }
+        self.close(id, CloseWith { reason: Some(e.reason_code()), will: true }, now);
+    }
+
+    /// Drops stale timer entries when they outnumber live ones, so that connection churn
+    /// cannot grow the heap (entries of closed connections would otherwise wait for their
+    /// due time, up to a day for a long keep-alive).
+    fn prune_timers(&mut self) {
+        let live = self.conns.len() + self.sessions.len() + self.moved.len();
+        if self.timers.len() <= 2 * live + 1024 {
+            return;
+        }
+        let conns = &self.conns;
+        let sessions = &self.sessions;
+        let moved = &self.moved;
+        self.timers.retain(|Reverse((due, t))| match t {
+            Timer::KeepAlive(id) => conns.get(id).is_some_and(|c| c.timer_at == Some(*due)),
+            Timer::Session(id) => sessions.get(id).is_some_and(|s| s.timer_at == Some(*due)),
+            Timer::Tombstone(id) => moved.contains_key(id),
+        });
+    }
+
+    fn handle_message(&mut self, msg: CoreMsg, now: Instant) {
+        match msg {
+            CoreMsg::Publish { msg, ack } => self.shard_publish(msg, ack, now),
+            CoreMsg::PublishDone { conn, pkid, qos, reason } => self.on_publish_done(conn, pkid, qos, reason, now),
+            CoreMsg::Deliver { msg, origin, targets } => {
+                for t in targets {
+                    self.deliver(t, &msg, origin, now);
+                }
+            }
+            CoreMsg::Subscribe { req, subscriber, filter, group, want_retained } => {
+                self.subscriptions.subscribe(&filter, group.as_ref(), subscriber);
+                if let Some((r, index)) = req {
+                    let mut retained = Vec::new();
+                    if want_retained {
+                        self.retained.matching(&filter, &mut retained);
+                        retained.retain(|m| !m.is_expired(now));
+                    }
+                    let head = self.next_log_seq.saturating_sub(1);
+                    let done =
+                        CoreMsg::SubscribeDone { req_id: r.id, filter_index: index, retained, shard: self.id, head };
+                    self.send(r.core, done);
+                }
+            }
+            CoreMsg::SubscribeDone { req_id, filter_index, retained, shard, head } => {
+                self.record_since(req_id, filter_index, shard, head);
+                self.request_reply(req_id, Some(filter_index), retained, now)
+            }
+            CoreMsg::Persist { body } => {
+                if self.journal.is_some() {
+                    match persist::record_client_id(&body) {
+                        Some((client_id, true)) => {
+                            self.snapshots.insert(owned(&client_id), (self.next_log_seq, body.clone()));
+                        }
+                        Some((client_id, false)) => {
+                            self.snapshots.remove(&client_id);
+                        }
+                        None => {}
+                    }
+                    self.append_record(self.clock.unix_ms(now), body, None);
+                }
+            }
+            CoreMsg::Unsubscribe { req, client_id, epoch, filter, group } => {
+                self.subscriptions.unsubscribe(&filter, group.as_ref(), &client_id, epoch);
+                if let Some(r) = req {
+                    self.send(r.core, CoreMsg::UnsubscribeDone { req_id: r.id });
+                }
+            }
+            CoreMsg::UnsubscribeDone { req_id } => self.request_reply(req_id, None, Vec::new(), now),
+            CoreMsg::Takeover { client_id, new_core, new_claim, clean_start, conn } => {
+                self.on_takeover(client_id, new_core, new_claim, clean_start, conn, now)
+            }
+            CoreMsg::Handoff { client_id: _, conn, claim, session } => self.establish(conn, claim, session, now),
+        }
+    }
+}
+
+/// Keeps one live heap entry per session (see `Core::arm_conn_timer`).
+fn arm_session_timer(session: &mut Session, timers: &mut BinaryHeap<Reverse<(Instant, Timer)>>) {
+    if let Some(due) = session.next_due() {
+        if session.timer_at.is_none_or(|t| due < t) {
+            session.timer_at = Some(due);
+            timers.push(Reverse((due, Timer::Session(session.client_id.clone()))));
+        }
+    }
+}
+
+fn will_delay(w: &Will) -> u32 {
+    w.properties.will_delay_interval.unwrap_or(0)
+}
+
+mod durability;
+mod lifecycle;
+mod publish;
+mod subscribe;
+#[cfg(test)]
+mod tests;
+
+use durability::{Backlogged, JOURNAL_BACKLOG_MAX, RETENTION_CHECK};
+pub use durability::{Journal, RetentionPins};

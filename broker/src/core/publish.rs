@@ -1,0 +1,248 @@
+//! The message path: an inbound PUBLISH and its acknowledgement (which the shard may
+//! delay until the message is durable), the shard's routing and fan-out, delivery to
+//! sessions, and the outbound QoS 1/2 acknowledgements.
+
+use super::*;
+
+impl Core {
+    pub(super) fn on_publish(&mut self, id: ConnId, p: Publish, now: Instant) {
+        let alias_max = self.config.topic_alias_maximum;
+        let max_inflight = usize::from(self.config.max_inflight);
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        // Topic alias (client to server) [MQTT-3.3.2-7..12].
+        let topic = match p.properties.topic_alias {
+            Some(alias) if alias == 0 || alias > alias_max => {
+                return self.close(id, CloseWith { reason: Some(reason::TOPIC_ALIAS_INVALID), will: true }, now);
+            }
+            Some(alias) if p.topic.is_empty() => match conn.aliases_in.get(&alias) {
+                Some(t) => t.clone(),
+                None => return self.close(id, CloseWith { reason: Some(reason::PROTOCOL_ERROR), will: true }, now),
+            },
+            Some(alias) => {
+                conn.aliases_in.insert(alias, owned(&p.topic));
+                p.topic.clone()
+            }
+            None => p.topic.clone(),
+        };
+        if topic::validate_topic_name(&topic).is_err() {
+            return self.close(id, CloseWith { reason: Some(reason::TOPIC_NAME_INVALID), will: true }, now);
+        }
+        if !p.properties.subscription_identifiers.is_empty() {
+            // Only the server sets subscription identifiers [MQTT-3.3.4-6].
+            return self.close(id, CloseWith { reason: Some(reason::PROTOCOL_ERROR), will: true }, now);
+        }
+        let client_id = conn.client_id.clone();
+        let Some(session) = self.sessions.get_mut(&client_id) else { return };
+        let qos = p.qos;
+        let pkid = p.pkid;
+        if qos != QoS::AtMostOnce {
+            // Receive Maximum: unacknowledged QoS 1 plus unreleased QoS 2 [MQTT-3.3.4-7].
+            // 3.1.1 has no Receive Maximum; the same bound keeps its state finite.
+            let in_use = conn.unacked_qos1 + session.incoming_qos2.len();
+            let duplicate_qos2 = qos == QoS::ExactlyOnce && session.incoming_qos2.contains(&pkid);
+            if in_use >= max_inflight && !duplicate_qos2 {
+                return self.close(id, CloseWith { reason: Some(reason::RECEIVE_MAXIMUM_EXCEEDED), will: true }, now);
+            }
+            if duplicate_qos2 {
+                // Already taken: answer again, deliver nothing twice [MQTT-4.3.3-9].
+                let ack = Packet::PubRec(Ack::new(pkid, reason::SUCCESS));
+                return self.write_packet(id, &ack);
+            }
+            if qos == QoS::ExactlyOnce {
+                session.incoming_qos2.insert(pkid);
+            } else {
+                conn.unacked_qos1 += 1;
+            }
+        }
+        self.stats.messages_in += 1;
+        let mut msg = Message::from_publish(p, topic, client_id, now);
+        if qos != QoS::AtMostOnce || msg.retain {
+            // It may wait in queues or the retained store: own its bytes (one copy here,
+            // not one per subscriber).
+            msg = msg.detached();
+        }
+        let msg = Arc::new(msg);
+        let ack = (qos != QoS::AtMostOnce).then_some(PublishAck { core: self.id, conn: id, pkid, qos });
+        let shard = shard_of(&msg.topic, self.cores);
+        self.send(shard, CoreMsg::Publish { msg, ack });
+    }
+
+    pub(super) fn on_publish_done(&mut self, id: ConnId, pkid: u16, qos: QoS, code: u8, now: Instant) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        if code >= 0x80 {
+            // The message could not be made durable: the publisher must not be told it was
+            // taken. The exchange ends, so a retry with this packet id is a new message.
+            if qos == QoS::ExactlyOnce {
+                if let Some(s) = self.sessions.get_mut(&conn.client_id) {
+                    s.incoming_qos2.remove(&pkid);
+                }
+            }
+            if !conn.version.is_v5() {
+                // 3.1.1 has no failure code for PUBACK/PUBREC: close, the client resends.
+                return self.close(id, CloseWith { reason: None, will: true }, now);
+            }
+        }
+        let code = if conn.version.is_v5() { code } else { reason::SUCCESS };
+        let packet = if qos == QoS::ExactlyOnce {
+            Packet::PubRec(Ack::new(pkid, code))
+        } else {
+            conn.unacked_qos1 = conn.unacked_qos1.saturating_sub(1);
+            Packet::PubAck(Ack::new(pkid, code))
+        };
+        self.write_packet(id, &packet);
+    }
+
+    pub(super) fn on_pubrel(&mut self, id: ConnId, pkid: u16) {
+        let Some(conn) = self.conns.get(&id) else { return };
+        let known = self.sessions.get_mut(&conn.client_id).is_some_and(|s| s.incoming_qos2.remove(&pkid));
+        let code = if known { reason::SUCCESS } else { reason::PACKET_IDENTIFIER_NOT_FOUND };
+        self.write_packet(id, &Packet::PubComp(Ack::new(pkid, code)));
+    }
+
+    pub(super) fn with_session(
+        &mut self,
+        id: ConnId,
+        f: impl FnOnce(&mut Session, &mut Conn, &mut Writer<'_>, Limits, &mut Stats),
+    ) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(session) = self.sessions.get_mut(&conn.client_id) else { return };
+        let mut w = Writer { out: &mut self.writes, scratch: &mut self.scratch, cache: &mut self.fanout };
+        f(session, conn, &mut w, self.limits, &mut self.stats);
+    }
+
+    pub(super) fn on_puback(&mut self, id: ConnId, pkid: u16, now: Instant) {
+        self.with_session(id, |s, c, w, limits, stats| {
+            if s.inflight.get(&pkid).is_some_and(|f| f.out.qos == QoS::AtLeastOnce) {
+                session::complete(s, pkid);
+                session::pump(s, c, limits, now, w, stats);
+            }
+        });
+    }
+
+    pub(super) fn on_pubrec(&mut self, id: ConnId, a: Ack, now: Instant) {
+        self.with_session(id, |s, c, w, limits, stats| {
+            match s.inflight.get_mut(&a.pkid) {
+                Some(f) if f.out.qos == QoS::ExactlyOnce => {
+                    if a.reason >= 0x80 {
+                        // The receiver refused it: the exchange ends here.
+                        session::complete(s, a.pkid);
+                        session::pump(s, c, limits, now, w, stats);
+                    } else {
+                        f.released = true;
+                        w.packet(c, &Packet::PubRel(Ack::new(a.pkid, reason::SUCCESS)));
+                    }
+                }
+                _ => w.packet(c, &Packet::PubRel(Ack::new(a.pkid, reason::PACKET_IDENTIFIER_NOT_FOUND))),
+            }
+        });
+    }
+
+    pub(super) fn on_pubcomp(&mut self, id: ConnId, pkid: u16, now: Instant) {
+        self.with_session(id, |s, c, w, limits, stats| {
+            if s.inflight.get(&pkid).is_some_and(|f| f.released) {
+                session::complete(s, pkid);
+                session::pump(s, c, limits, now, w, stats);
+            }
+        });
+    }
+
+    pub(super) fn shard_publish(&mut self, msg: SharedMessage, ack: Option<PublishAck>, now: Instant) {
+        let logged = self.journal.is_some() && (msg.qos != QoS::AtMostOnce || msg.retain);
+        if logged && self.journal_backlog.len() >= JOURNAL_BACKLOG_MAX {
+            // The log cannot keep up (or is failing): refuse rather than grow without bound,
+            // and do not deliver what the publisher is told was not taken.
+            self.stats.journal_rejected += 1;
+            if let Some(a) = ack {
+                let reason = reason::QUOTA_EXCEEDED;
+                self.send(a.core, CoreMsg::PublishDone { conn: a.conn, pkid: a.pkid, qos: a.qos, reason });
+            }
+            return;
+        }
+        if msg.retain {
+            // [MQTT-3.3.1-5]: store (or delete, for an empty payload) the retained message.
+            self.retained.set(&msg);
+        }
+        let origin = logged.then_some((self.id, self.next_log_seq));
+        let mut targets = std::mem::take(&mut self.route_scratch);
+        self.subscriptions.route(&msg, &mut targets);
+        let matched = !targets.is_empty();
+        if targets.iter().all(|t| t.session.core == self.id) {
+            for t in targets.drain(..) {
+                self.deliver(t, &msg, origin, now);
+            }
+        } else {
+            targets.sort_by_key(|t| t.session.core);
+            while let Some(last) = targets.last() {
+                let core = last.session.core;
+                let split = targets.partition_point(|t| t.session.core < core);
+                let batch = targets.split_off(split);
+                if core == self.id {
+                    for t in batch {
+                        self.deliver(t, &msg, origin, now);
+                    }
+                } else {
+                    self.send(core, CoreMsg::Deliver { msg: msg.clone(), origin, targets: batch });
+                }
+            }
+        }
+        self.route_scratch = targets;
+        let code = if matched { reason::SUCCESS } else { reason::NO_MATCHING_SUBSCRIBERS };
+        if !logged {
+            if let Some(a) = ack {
+                self.send(a.core, CoreMsg::PublishDone { conn: a.conn, pkid: a.pkid, qos: a.qos, reason: code });
+            }
+            return;
+        }
+        // In immediate mode the acknowledgement waits for the sync that covers the record;
+        // otherwise it goes now.
+        let waiting = if self.wait_for_durable { ack.map(|a| (a, code)) } else { None };
+        if !self.wait_for_durable {
+            if let Some(a) = ack {
+                self.send(a.core, CoreMsg::PublishDone { conn: a.conn, pkid: a.pkid, qos: a.qos, reason: code });
+            }
+        }
+        let body = persist::encode_message(&msg, &self.clock);
+        if msg.retain {
+            if msg.payload.is_empty() {
+                self.retained_seq.remove(&msg.topic);
+            } else {
+                self.retained_seq.insert(owned(&msg.topic), self.next_log_seq);
+            }
+        }
+        self.append_record(self.clock.unix_ms(now), body, waiting);
+    }
+
+    pub(super) fn deliver(&mut self, t: Target, msg: &SharedMessage, origin: Option<(usize, u64)>, now: Instant) {
+        let epoch_ok = self.sessions.get(&t.session.client_id).map(|s| s.epoch == t.session.epoch);
+        match epoch_ok {
+            Some(true) => {
+                let out = Outgoing {
+                    msg: msg.clone(),
+                    qos: t.qos,
+                    retain: t.retain,
+                    subscription_ids: t.subscription_ids,
+                    origin,
+                };
+                self.offer(&t.session.client_id, out, now);
+            }
+            Some(false) => self.stats.dropped_stale_session += 1,
+            None => {
+                // The session moved to another core after the shard routed this: forward it.
+                if let Some(&(epoch, core, _)) = self.moved.get(&t.session.client_id) {
+                    if epoch == t.session.epoch && core != self.id {
+                        let mut t = t;
+                        t.session.core = core;
+                        self.send(core, CoreMsg::Deliver { msg: msg.clone(), origin, targets: vec![t] });
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn offer(&mut self, client_id: &Bytes, out: Outgoing, now: Instant) {
+        let Some(session) = self.sessions.get_mut(client_id) else { return };
+        let conn = session.conn.and_then(|id| self.conns.get_mut(&id));
+        let mut w = Writer { out: &mut self.writes, scratch: &mut self.scratch, cache: &mut self.fanout };
+        session::offer(session, conn, out, self.limits, now, &mut w, &mut self.stats);
+    }
+}
