@@ -1,0 +1,777 @@
+//! PromptMQ's runtime API on monoio: one io_uring runtime per core, epoll where io_uring is
+//! refused.
+//!
+//! This crate exposes exactly the API of `promptmq-runtime-tokio` (same names, same
+//! signatures), so the broker's driver (`broker/src/server.rs`) compiles against either one
+//! with a single `use ... as rt;` line. What differs is underneath:
+//!
+//! - [`run_per_core`] starts one pinned OS thread per core, each with its own monoio runtime.
+//!   Each core first tries an io_uring driver; the ring is built with
+//!   `IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_SINGLE_ISSUER`
+//!   (each core's ring is only ever entered by its own thread, and nothing needs the kernel to
+//!   interrupt a running core to post completions: they are reaped at the next `io_uring_enter`).
+//!   No buffers are registered.
+//! - **Fallback**: when the kernel refuses io_uring (`EPERM`: `kernel.io_uring_disabled`, or a
+//!   seccomp profile such as Docker's default; `ENOSYS`: a kernel without it) the core runs on
+//!   monoio's epoll driver instead. `ENOMEM` (RLIMIT_MEMLOCK too low for the ring on kernels
+//!   that charge rings to it) retries with a smaller ring first; `EINVAL` (a kernel older than
+//!   the setup flags) retries with fewer flags. [`driver_description`] tells which driver each
+//!   core got and why, for the startup line.
+//! - `PROMPTMQ_FORCE_EPOLL=1` makes every core treat io_uring as refused (to test the
+//!   fallback, or to run on epoll on purpose). `PROMPTMQ_URING_SETUP` overrides the ring flags
+//!   for measurements: a comma-separated list of `coop_taskrun`, `taskrun_flag`,
+//!   `single_issuer`, `defer_taskrun`, or `none`.
+//! - Reads and writes use owned buffers, which is what io_uring needs: the kernel owns the
+//!   buffer while the operation runs, and a dropped future leaves the buffer with monoio until
+//!   the operation completes. Reads append to the caller's `BytesMut` in place; writes send the
+//!   caller's `Bytes` chunks with one `writev` (up to [`MAX_IOVECS`] at a time), no copy.
+//! - [`Wakeup`] is a permit plus an [`atomic_waker::AtomicWaker`]: ringing a core that is busy
+//!   costs one atomic swap; ringing a core parked in `io_uring_enter` (or `epoll_wait`) wakes it
+//!   through monoio's cross-thread waker, an eventfd the parked core has a read pending on.
+//!   It may be rung from any thread, including threads that run no runtime (the WAL writer).
+//!
+//! Invariant: nothing here blocks a core's thread; all waiting is `async`.
+#![cfg(target_os = "linux")]
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use monoio::buf::{IoBufMut, IoVecBuf};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::time::TimeDriver;
+use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
+
+/// The runtime this crate prefers; which driver each core really got is in
+/// [`driver_description`].
+pub const RUNTIME_NAME: &str = "io_uring";
+
+/// The environment variable that makes ring setup count as refused.
+pub const FORCE_EPOLL_ENV: &str = "PROMPTMQ_FORCE_EPOLL";
+/// The environment variable that overrides the ring setup flags (measurements).
+pub const URING_SETUP_ENV: &str = "PROMPTMQ_URING_SETUP";
+
+/// Submission queue entries per core ring, first try.
+const RING_ENTRIES: u32 = 1024;
+/// After ENOMEM: the smallest ring monoio accepts.
+const SMALL_RING_ENTRIES: u32 = 256;
+/// Chunks handed to one `writev` (IOV_MAX is 1024).
+pub const MAX_IOVECS: usize = 256;
+
+// ---------------------------------------------------------------------------
+// Ring setup and fallback
+// ---------------------------------------------------------------------------
+
+/// Ring setup flags, as a small bit set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SetupFlags {
+    coop_taskrun: bool,
+    taskrun_flag: bool,
+    single_issuer: bool,
+    defer_taskrun: bool,
+}
+
+impl SetupFlags {
+    const DEFAULT: SetupFlags =
+        SetupFlags { coop_taskrun: true, taskrun_flag: true, single_issuer: true, defer_taskrun: false };
+    const NONE: SetupFlags =
+        SetupFlags { coop_taskrun: false, taskrun_flag: false, single_issuer: false, defer_taskrun: false };
+
+    /// `PROMPTMQ_URING_SETUP`, or the default.
+    fn from_env() -> SetupFlags {
+        match std::env::var(URING_SETUP_ENV) {
+            Ok(list) if !list.trim().is_empty() => SetupFlags::parse(&list),
+            _ => SetupFlags::DEFAULT,
+        }
+    }
+
+    fn parse(list: &str) -> SetupFlags {
+        let mut flags = SetupFlags::NONE;
+        for word in list.split(',').map(str::trim) {
+            match word {
+                "coop_taskrun" => flags.coop_taskrun = true,
+                "taskrun_flag" => flags.taskrun_flag = true,
+                "single_issuer" => flags.single_issuer = true,
+                "defer_taskrun" => {
+                    // The kernel requires SINGLE_ISSUER with DEFER_TASKRUN.
+                    flags.defer_taskrun = true;
+                    flags.single_issuer = true;
+                }
+                _ => {}
+            }
+        }
+        flags
+    }
+
+    /// The next weaker set to try when the kernel says EINVAL (it predates a flag).
+    fn weaker(self) -> Option<SetupFlags> {
+        if self.defer_taskrun || self.single_issuer {
+            // DEFER_TASKRUN needs 6.1, SINGLE_ISSUER 6.0.
+            Some(SetupFlags { defer_taskrun: false, single_issuer: false, ..self })
+        } else if self.coop_taskrun || self.taskrun_flag {
+            // COOP_TASKRUN and TASKRUN_FLAG need 5.19.
+            Some(SetupFlags::NONE)
+        } else {
+            None
+        }
+    }
+
+    fn builder(self) -> io_uring::Builder {
+        let mut b = io_uring::IoUring::builder();
+        if self.coop_taskrun {
+            b.setup_coop_taskrun();
+        }
+        if self.taskrun_flag {
+            b.setup_taskrun_flag();
+        }
+        if self.single_issuer {
+            b.setup_single_issuer();
+        }
+        if self.defer_taskrun {
+            b.setup_defer_taskrun();
+        }
+        b
+    }
+
+    fn names(self) -> String {
+        let mut v = Vec::new();
+        if self.coop_taskrun {
+            v.push("coop_taskrun");
+        }
+        if self.taskrun_flag {
+            v.push("taskrun_flag");
+        }
+        if self.single_issuer {
+            v.push("single_issuer");
+        }
+        if self.defer_taskrun {
+            v.push("defer_taskrun");
+        }
+        if v.is_empty() {
+            "no setup flags".to_string()
+        } else {
+            v.join("+")
+        }
+    }
+}
+
+type UringRuntime = monoio::Runtime<TimeDriver<IoUringDriver>>;
+type EpollRuntime = monoio::Runtime<TimeDriver<LegacyDriver>>;
+
+enum CoreRuntime {
+    Uring(UringRuntime),
+    Epoll(EpollRuntime),
+}
+
+/// What one core got, for [`driver_description`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct CoreDriver {
+    /// "io_uring" or "epoll".
+    driver: &'static str,
+    /// Why it is not the default io_uring setup, if it is not ("" otherwise).
+    note: String,
+}
+
+fn errno_name(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EPERM) => "EPERM".into(),
+        Some(libc::ENOSYS) => "ENOSYS".into(),
+        Some(libc::ENOMEM) => "ENOMEM".into(),
+        Some(libc::EINVAL) => "EINVAL".into(),
+        Some(libc::EACCES) => "EACCES".into(),
+        Some(libc::EMFILE) => "EMFILE".into(),
+        Some(libc::ENFILE) => "ENFILE".into(),
+        Some(libc::EFAULT) => "EFAULT".into(),
+        _ => e.to_string(),
+    }
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+}
+
+fn build_uring(flags: SetupFlags, entries: u32) -> io::Result<UringRuntime> {
+    RuntimeBuilder::<IoUringDriver>::new().with_entries(entries).uring_builder(flags.builder()).enable_timer().build()
+}
+
+fn build_epoll() -> io::Result<EpollRuntime> {
+    RuntimeBuilder::<LegacyDriver>::new().enable_timer().build()
+}
+
+/// Builds this core's runtime: io_uring if the kernel allows it, else epoll.
+fn build_core_runtime() -> io::Result<(CoreRuntime, CoreDriver)> {
+    let epoll = |why: String| -> io::Result<(CoreRuntime, CoreDriver)> {
+        let rt = build_epoll()?;
+        Ok((CoreRuntime::Epoll(rt), CoreDriver { driver: "epoll", note: format!("io_uring refused: {why}") }))
+    };
+    if env_flag(FORCE_EPOLL_ENV) {
+        return epoll(format!("{FORCE_EPOLL_ENV}=1"));
+    }
+    let wanted = SetupFlags::from_env();
+    let mut flags = wanted;
+    let mut entries = RING_ENTRIES;
+    let mut notes: Vec<String> = Vec::new();
+    loop {
+        match build_uring(flags, entries) {
+            Ok(rt) => {
+                if flags != SetupFlags::DEFAULT {
+                    notes.insert(0, flags.names());
+                }
+                if entries != RING_ENTRIES {
+                    notes.push(format!("{entries}-entry ring"));
+                }
+                return Ok((CoreRuntime::Uring(rt), CoreDriver { driver: "io_uring", note: notes.join(", ") }));
+            }
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EPERM) | Some(libc::ENOSYS) | Some(libc::EACCES) => return epoll(errno_name(&e)),
+                Some(libc::ENOMEM) if entries > SMALL_RING_ENTRIES => {
+                    notes.push(format!("ENOMEM at {entries} entries, raise LimitMEMLOCK"));
+                    entries = SMALL_RING_ENTRIES;
+                }
+                Some(libc::ENOMEM) => {
+                    return epoll(format!("ENOMEM even with a {entries}-entry ring, raise LimitMEMLOCK"));
+                }
+                Some(libc::EINVAL) => match flags.weaker() {
+                    Some(w) => {
+                        notes.push(format!("kernel refused {}", flags.names()));
+                        flags = w;
+                    }
+                    None => return epoll(errno_name(&e)),
+                },
+                _ => return epoll(errno_name(&e)),
+            },
+        }
+    }
+}
+
+/// The drivers the cores of the latest [`run_per_core`] got, filled in as they start.
+struct Report {
+    drivers: Vec<Option<CoreDriver>>,
+}
+
+static REPORT: Mutex<Option<Report>> = Mutex::new(None);
+static REPORT_CHANGED: Condvar = Condvar::new();
+
+fn report_start(cores: usize) {
+    if let Ok(mut r) = REPORT.lock() {
+        *r = Some(Report { drivers: vec![None; cores] });
+    }
+    REPORT_CHANGED.notify_all();
+}
+
+fn report_core(index: usize, driver: CoreDriver) {
+    if let Ok(mut r) = REPORT.lock() {
+        if let Some(slot) = r.as_mut().and_then(|r| r.drivers.get_mut(index)) {
+            *slot = Some(driver);
+        }
+    }
+    REPORT_CHANGED.notify_all();
+}
+
+/// Which driver each core of the running broker got, and why, as the startup line says it:
+/// `io_uring`, `epoll (io_uring refused: EPERM)`, or per core where they differ
+/// (`cores 0-2 io_uring; core 3 epoll (io_uring refused: ENOMEM ...)`).
+///
+/// Waits (up to 10 s) until every core started by the latest [`run_per_core`] has built its
+/// runtime, so it may be called right after starting the cores on another thread.
+pub fn driver_description() -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let Ok(mut guard) = REPORT.lock() else { return RUNTIME_NAME.to_string() };
+    loop {
+        if let Some(r) = guard.as_ref() {
+            if r.drivers.iter().all(Option::is_some) {
+                let drivers: Vec<CoreDriver> = r.drivers.iter().flatten().cloned().collect();
+                return describe(&drivers);
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return format!("{RUNTIME_NAME} (cores still starting)");
+        }
+        guard = match REPORT_CHANGED.wait_timeout(guard, deadline - now) {
+            Ok((g, _)) => g,
+            Err(_) => return RUNTIME_NAME.to_string(),
+        };
+    }
+}
+
+fn describe(drivers: &[CoreDriver]) -> String {
+    let one = |d: &CoreDriver| {
+        if d.note.is_empty() {
+            d.driver.to_string()
+        } else {
+            format!("{} ({})", d.driver, d.note)
+        }
+    };
+    match drivers.first() {
+        None => RUNTIME_NAME.to_string(),
+        Some(first) if drivers.iter().all(|d| d == first) => one(first),
+        Some(_) => {
+            // Group consecutive cores with the same outcome.
+            let mut parts = Vec::new();
+            let mut start = 0;
+            for i in 1..=drivers.len() {
+                if i == drivers.len() || drivers[i] != drivers[start] {
+                    let range =
+                        if i - start == 1 { format!("core {start}") } else { format!("cores {start}-{}", i - 1) };
+                    parts.push(format!("{range} {}", one(&drivers[start])));
+                    start = i;
+                }
+            }
+            parts.join("; ")
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Cores
+// ---------------------------------------------------------------------------
+
+/// Runs `core_main(core_index)` on `cores` threads, one monoio runtime each, and blocks until
+/// all of them return. With `pin`, thread *i* is pinned to CPU *i* (a failure to pin is
+/// reported and otherwise ignored). A core whose runtime cannot be built at all (neither
+/// io_uring nor epoll) makes this return that error once the other cores have returned.
+pub fn run_per_core<F, Fut>(cores: usize, pin: bool, core_main: F) -> io::Result<()>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    report_start(cores);
+    let core_main = Arc::new(core_main);
+    let mut threads = Vec::with_capacity(cores);
+    for index in 0..cores {
+        let core_main = Arc::clone(&core_main);
+        let thread =
+            std::thread::Builder::new().name(format!("promptmq-core-{index}")).spawn(move || -> io::Result<()> {
+                if pin {
+                    if let Err(e) = pin_to_cpu(index) {
+                        eprintln!("promptmq: could not pin core {index}: {e}");
+                    }
+                }
+                let (runtime, driver) = match build_core_runtime() {
+                    Ok(built) => built,
+                    Err(e) => {
+                        report_core(index, CoreDriver { driver: "none", note: format!("no runtime: {e}") });
+                        return Err(e);
+                    }
+                };
+                report_core(index, driver);
+                match runtime {
+                    CoreRuntime::Uring(mut rt) => rt.block_on(core_main(index)),
+                    CoreRuntime::Epoll(mut rt) => rt.block_on(core_main(index)),
+                }
+                Ok(())
+            })?;
+        threads.push(thread);
+    }
+    let mut result = Ok(());
+    for t in threads {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(_) => result = Err(io::Error::other("a core thread panicked")),
+        }
+    }
+    result
+}
+
+fn pin_to_cpu(index: usize) -> io::Result<()> {
+    let available = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpu = index % available;
+    // SAFETY: cpu_set_t is a plain bitmask that zeroed() initialises validly; CPU_ZERO and
+    // CPU_SET only write within it (cpu < available <= CPU_SETSIZE in practice, and CPU_SET
+    // ignores larger values), and sched_setaffinity(0, ..) applies to the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Spawns a task on the current core. It never migrates to another core.
+pub fn spawn_local<F>(future: F)
+where
+    F: Future<Output = ()> + 'static,
+{
+    // Detached: dropping the join handle does not cancel the task.
+    drop(monoio::spawn(future));
+}
+
+/// Sleeps until `deadline`.
+pub async fn sleep_until(deadline: Instant) {
+    monoio::time::sleep_until(monoio::time::Instant::from_std(deadline)).await
+}
+
+/// Sleeps for `duration`.
+pub async fn sleep(duration: Duration) {
+    monoio::time::sleep(duration).await
+}
+
+/// Lets other tasks on this core run: the task goes to the back of the core's run queue.
+///
+/// monoio puts a task that wakes itself while it runs at the *front* of the queue (so
+/// `wake_by_ref` + `Pending` would run it again at once); instead a one-shot helper task,
+/// queued at the back, wakes it, which queues it behind everything already runnable.
+pub async fn yield_now() {
+    struct WakeWhenRun(Option<Waker>);
+    impl Future for WakeWhenRun {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
+            if let Some(w) = self.0.take() {
+                w.wake();
+            }
+            Poll::Ready(())
+        }
+    }
+    struct YieldNow(bool);
+    impl Future for YieldNow {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if self.0 {
+                return Poll::Ready(());
+            }
+            self.0 = true;
+            drop(monoio::spawn(WakeWhenRun(Some(cx.waker().clone()))));
+            Poll::Pending
+        }
+    }
+    YieldNow(false).await
+}
+
+/// Whether every core can have its own listener on the same port with the kernel spreading
+/// connections between them: always, on Linux.
+pub fn reuseport_supported() -> bool {
+    true
+}
+
+// ---------------------------------------------------------------------------
+// Sockets
+// ---------------------------------------------------------------------------
+
+/// A TCP listener owned by one core.
+pub struct Listener {
+    inner: monoio::net::TcpListener,
+}
+
+impl Listener {
+    /// Binds `addr` with `SO_REUSEADDR` and `SO_REUSEPORT`, so that each core can bind the same
+    /// address. Must be called from within a core (inside [`run_per_core`]).
+    pub fn bind(addr: SocketAddr) -> io::Result<Listener> {
+        Listener::from_std(Listener::bind_std(addr)?)
+    }
+
+    /// Creates the listening socket without registering it with a runtime, so that the
+    /// caller can bind every core's socket up front (port 0 resolved once, errors reported
+    /// before any core starts) and hand each core its own.
+    pub fn bind_std(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        Ok(socket.into())
+    }
+
+    /// Registers a listener made by [`Listener::bind_std`] with this core's runtime.
+    pub fn from_std(listener: std::net::TcpListener) -> io::Result<Listener> {
+        // Non-blocking for the epoll driver; io_uring accepts either way.
+        listener.set_nonblocking(true)?;
+        Ok(Listener { inner: monoio::net::TcpListener::from_std(listener)? })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    pub async fn accept(&self) -> io::Result<(Stream, SocketAddr)> {
+        let (stream, peer) = self.inner.accept().await?;
+        stream.set_nodelay(true)?;
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(stream);
+        // SAFETY: `into_raw_fd` gave up monoio's ownership of this freshly accepted socket
+        // (deregistering it from the driver); nothing else refers to the descriptor, so the
+        // std stream becomes its only owner.
+        let std = unsafe { <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        Ok((Stream { inner: std }, peer))
+    }
+}
+
+/// A connected TCP stream owned by one core. It is registered with the core's driver when it
+/// is split ([`Stream::into_split`]); until then it can move to another core.
+pub struct Stream {
+    inner: std::net::TcpStream,
+}
+
+impl Stream {
+    /// Converts a std stream accepted elsewhere (the round-robin hand-off on platforms
+    /// without `SO_REUSEPORT`). Must be called on the core that will own it.
+    pub fn from_std(stream: std::net::TcpStream) -> io::Result<Stream> {
+        stream.set_nonblocking(true)?;
+        stream.set_nodelay(true)?;
+        Ok(Stream { inner: stream })
+    }
+
+    /// Detaches the socket from this core so it can be sent to another core, which adopts it
+    /// with [`Stream::from_std`].
+    pub fn into_std(self) -> io::Result<std::net::TcpStream> {
+        Ok(self.inner)
+    }
+
+    /// Splits into independently owned read and write halves (one task reads, one writes)
+    /// and a [`Closer`] that can end the connection while either half is blocked.
+    pub fn into_split(self) -> io::Result<(ReadHalf, WriteHalf, Closer)> {
+        self.inner.set_nonblocking(true)?;
+        let control = Rc::new(self.inner.try_clone()?);
+        let stream = monoio::net::TcpStream::from_std(self.inner)?;
+        let (r, w) = stream.into_split();
+        Ok((
+            ReadHalf { inner: r },
+            WriteHalf { inner: w, control: Rc::clone(&control), iovecs: Vec::new() },
+            Closer { socket: control },
+        ))
+    }
+}
+
+/// Shuts a connection down from outside its read and write tasks: a write blocked on a
+/// peer that stopped reading, or a read waiting on a silent peer, returns at once.
+pub struct Closer {
+    socket: Rc<std::net::TcpStream>,
+}
+
+impl Closer {
+    pub fn close(&self) {
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+pub struct ReadHalf {
+    inner: OwnedReadHalf<monoio::net::TcpStream>,
+}
+
+impl ReadHalf {
+    /// Appends what is available to `buf` (reserving space if it has none) and returns the
+    /// count, 0 at end of stream, with the buffer.
+    pub async fn read(&mut self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(8 * 1024);
+        }
+        let (len, cap) = (buf.len(), buf.capacity());
+        // The kernel writes into the spare capacity after the bytes already held; monoio
+        // advances the length by what it wrote.
+        let (res, slice) = self.inner.read(buf.slice_mut(len..cap)).await;
+        (res, slice.into_inner())
+    }
+}
+
+pub struct WriteHalf {
+    inner: OwnedWriteHalf<monoio::net::TcpStream>,
+    /// A second descriptor of the socket, for shutdowns (shared with the [`Closer`]).
+    control: Rc<std::net::TcpStream>,
+    /// Reused iovec storage.
+    iovecs: Vec<libc::iovec>,
+}
+
+/// The chunks of one `writev`, owned by the operation while the kernel reads them.
+struct Chunks {
+    chunks: Vec<Bytes>,
+    /// Index of the first chunk not yet fully written.
+    first: usize,
+    /// iovecs for `chunks[first..first + iovecs.len()]`.
+    iovecs: Vec<libc::iovec>,
+}
+
+impl Chunks {
+    fn fill_iovecs(&mut self) {
+        self.iovecs.clear();
+        for c in self.chunks[self.first..].iter().filter(|c| !c.is_empty()).take(MAX_IOVECS) {
+            self.iovecs.push(libc::iovec { iov_base: c.as_ptr() as *mut libc::c_void, iov_len: c.len() });
+        }
+    }
+
+    /// Drops what the kernel took: `written` bytes from the front.
+    fn advance(&mut self, mut written: usize) {
+        while self.first < self.chunks.len() {
+            let len = self.chunks[self.first].len();
+            if written >= len {
+                written -= len;
+                self.first += 1;
+            } else {
+                let rest = self.chunks[self.first].slice(written..);
+                self.chunks[self.first] = rest;
+                break;
+            }
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.chunks[self.first..].iter().all(Bytes::is_empty)
+    }
+}
+
+// SAFETY: `read_iovec_ptr` points at `iovecs`' heap buffer and `read_iovec_len` is its length;
+// every iovec points into a `Bytes` held in `chunks` (or at static memory), whose data does not
+// move when `Chunks` moves. While monoio owns a `Chunks` (for the duration of the operation),
+// nothing can modify `iovecs` or `chunks`, so the pointers stay valid until the operation
+// completes, even if the future awaiting it is dropped.
+unsafe impl IoVecBuf for Chunks {
+    fn read_iovec_ptr(&self) -> *const libc::iovec {
+        self.iovecs.as_ptr()
+    }
+    fn read_iovec_len(&self) -> usize {
+        self.iovecs.len()
+    }
+}
+
+impl WriteHalf {
+    /// Writes every chunk fully (vectored) and gives the emptied vector back for reuse.
+    pub async fn write_all(&mut self, chunks: Vec<Bytes>) -> (io::Result<()>, Vec<Bytes>) {
+        let mut buf = Chunks { chunks, first: 0, iovecs: std::mem::take(&mut self.iovecs) };
+        let result = loop {
+            if buf.done() {
+                break Ok(());
+            }
+            buf.fill_iovecs();
+            let (res, back) = self.inner.writev(buf).await;
+            buf = back;
+            match res {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => buf.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        let Chunks { mut chunks, mut iovecs, .. } = buf;
+        iovecs.clear();
+        self.iovecs = iovecs;
+        chunks.clear();
+        (result, chunks)
+    }
+
+    /// Sends FIN after what was written: the peer reads everything up to here, then end of
+    /// stream. Reads on the other half keep working.
+    pub fn shutdown_write(&mut self) -> io::Result<()> {
+        self.control.shutdown(std::net::Shutdown::Write)
+    }
+
+    /// Closes the connection in both directions, so that a read pending on the other half
+    /// ends too (a client that never closes its side cannot keep the connection alive).
+    pub fn close(&mut self) -> io::Result<()> {
+        self.control.shutdown(std::net::Shutdown::Both)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Wakeups
+// ---------------------------------------------------------------------------
+
+#[derive(Default)]
+struct WakeupInner {
+    /// The permit: a ring nobody has consumed yet.
+    notified: AtomicBool,
+    waker: atomic_waker::AtomicWaker,
+}
+
+/// A cross-thread doorbell: any thread may [`ring`](Wakeup::ring); the owning core awaits
+/// [`wait`](Wakeup::wait). A ring while nobody waits is remembered, so none is lost.
+#[derive(Clone, Default)]
+pub struct Wakeup {
+    inner: Arc<WakeupInner>,
+}
+
+impl Wakeup {
+    pub fn new() -> Wakeup {
+        Wakeup::default()
+    }
+
+    pub fn ring(&self) {
+        // A permit already pending means a wake is already on its way (or the waiter will find
+        // the permit before it sleeps): nothing more to do, and no system call.
+        if !self.inner.notified.swap(true, Ordering::AcqRel) {
+            self.inner.waker.wake();
+        }
+    }
+
+    pub async fn wait(&self) {
+        WakeupWait { inner: &self.inner }.await
+    }
+}
+
+struct WakeupWait<'a> {
+    inner: &'a WakeupInner,
+}
+
+impl Future for WakeupWait<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.inner.notified.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.inner.waker.register(cx.waker());
+        // A ring between the check above and the registration would have found no waker:
+        // check again. (Both sides swap `notified`, so one of them sees the other.)
+        if self.inner.notified.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
+/// A same-core signal between tasks (e.g. "this connection has bytes to write"), with permit
+/// semantics: a signal while nobody waits is kept for the next wait.
+#[derive(Default)]
+pub struct LocalSignal {
+    permit: Cell<bool>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl LocalSignal {
+    pub fn signal(&self) {
+        self.permit.set(true);
+        // Wake every waiter; the first to run takes the permit, the others wait again.
+        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        for w in waiters {
+            w.wake();
+        }
+    }
+
+    pub async fn wait(&self) {
+        LocalWait { signal: self }.await
+    }
+}
+
+struct LocalWait<'a> {
+    signal: &'a LocalSignal,
+}
+
+impl Future for LocalWait<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.signal.permit.replace(false) {
+            return Poll::Ready(());
+        }
+        let mut waiters = self.signal.waiters.borrow_mut();
+        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests;
