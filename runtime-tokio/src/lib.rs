@@ -19,11 +19,11 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The name printed in the startup line.
 pub const RUNTIME_NAME: &str = "tokio";
@@ -187,74 +187,97 @@ impl Stream {
     }
 
     /// Splits into independently owned read and write halves (one task reads, one writes)
-    /// and a [`Closer`] that can end the connection while either half is blocked.
+    /// and a [`Closer`] that can end the connection while either half is blocked. All three
+    /// share the one socket (no duplicated descriptor).
     pub fn into_split(self) -> io::Result<(ReadHalf, WriteHalf, Closer)> {
-        let std = self.inner.into_std()?;
-        let closer = Closer { socket: std.try_clone()? };
-        let (r, w) = tokio::net::TcpStream::from_std(std)?.into_split();
-        Ok((ReadHalf { inner: r }, WriteHalf { inner: w }, closer))
+        let inner = Rc::new(self.inner);
+        Ok((ReadHalf { inner: Rc::clone(&inner) }, WriteHalf { inner: Rc::clone(&inner) }, Closer { inner }))
     }
 }
 
 /// Shuts a connection down from outside its read and write tasks: a write blocked on a
 /// peer that stopped reading, or a read waiting on a silent peer, returns at once.
 pub struct Closer {
-    socket: std::net::TcpStream,
+    inner: Rc<tokio::net::TcpStream>,
 }
 
 impl Closer {
     pub fn close(&self) {
-        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        let _ = socket2::SockRef::from(&*self.inner).shutdown(std::net::Shutdown::Both);
     }
 }
 
 pub struct ReadHalf {
-    inner: tokio::net::tcp::OwnedReadHalf,
+    inner: Rc<tokio::net::TcpStream>,
 }
 
 impl ReadHalf {
-    /// Appends what is available to `buf` (reserving space if it has none) and returns the
-    /// count, 0 at end of stream, with the buffer.
+    /// Appends what is available to `buf` and returns the count, 0 at end of stream, with
+    /// the buffer. When `buf` has no room it waits for data before growing it, so an idle
+    /// connection given an empty buffer holds no buffer memory while it waits.
     pub async fn read(&mut self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(8 * 1024);
+        loop {
+            if buf.capacity() - buf.len() < 1024 {
+                if let Err(e) = self.inner.readable().await {
+                    return (Err(e), buf);
+                }
+                buf.reserve(8 * 1024);
+            }
+            match self.inner.try_read_buf(&mut buf) {
+                Ok(n) => return (Ok(n), buf),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = self.inner.readable().await {
+                        return (Err(e), buf);
+                    }
+                }
+                Err(e) => return (Err(e), buf),
+            }
         }
-        let r = self.inner.read_buf(&mut buf).await;
-        (r, buf)
     }
 }
 
 pub struct WriteHalf {
-    inner: tokio::net::tcp::OwnedWriteHalf,
+    inner: Rc<tokio::net::TcpStream>,
 }
 
+/// Chunks handed to one vectored write.
+const MAX_IOVECS: usize = 64;
+
 impl WriteHalf {
-    /// Writes every chunk fully (vectored where the OS allows) and gives the emptied vector
-    /// back for reuse.
+    /// Writes every chunk fully (vectored) and gives the emptied vector back for reuse.
     pub async fn write_all(&mut self, mut chunks: Vec<Bytes>) -> (io::Result<()>, Vec<Bytes>) {
         let mut first = 0;
         while first < chunks.len() {
-            let slices: Vec<io::IoSlice<'_>> = chunks[first..].iter().take(64).map(|c| io::IoSlice::new(c)).collect();
-            let mut written = match self.inner.write_vectored(&slices).await {
+            let mut slices = [io::IoSlice::new(&[]); MAX_IOVECS];
+            let count = chunks.len().min(first + MAX_IOVECS) - first;
+            for (slot, chunk) in slices.iter_mut().zip(&chunks[first..first + count]) {
+                *slot = io::IoSlice::new(chunk);
+            }
+            let mut written = match self.inner.try_write_vectored(&slices[..count]) {
                 Ok(0) => {
                     chunks.clear();
                     return (Err(io::ErrorKind::WriteZero.into()), chunks);
                 }
                 Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = self.inner.writable().await {
+                        chunks.clear();
+                        return (Err(e), chunks);
+                    }
+                    continue;
+                }
                 Err(e) => {
                     chunks.clear();
                     return (Err(e), chunks);
                 }
             };
-            drop(slices);
             while written > 0 && first < chunks.len() {
                 let len = chunks[first].len();
                 if written >= len {
                     written -= len;
                     first += 1;
                 } else {
-                    let rest = chunks[first].slice(written..);
-                    chunks[first] = rest;
+                    chunks[first] = chunks[first].slice(written..);
                     written = 0;
                 }
             }
@@ -269,13 +292,13 @@ impl WriteHalf {
     /// Sends FIN after what was written: the peer reads everything up to here, then end of
     /// stream. Reads on the other half keep working.
     pub fn shutdown_write(&mut self) -> io::Result<()> {
-        socket2::SockRef::from(self.inner.as_ref()).shutdown(std::net::Shutdown::Write)
+        socket2::SockRef::from(&*self.inner).shutdown(std::net::Shutdown::Write)
     }
 
     /// Closes the connection in both directions, so that a read pending on the other half
     /// ends too (a client that never closes its side cannot keep the connection alive).
     pub fn close(&mut self) -> io::Result<()> {
-        socket2::SockRef::from(self.inner.as_ref()).shutdown(std::net::Shutdown::Both)
+        socket2::SockRef::from(&*self.inner).shutdown(std::net::Shutdown::Both)
     }
 }
 
