@@ -461,8 +461,23 @@ pub fn reuseport_supported() -> bool {
 // ---------------------------------------------------------------------------
 
 /// A TCP listener owned by one core.
+///
+/// It is not accepted from with an io_uring `ACCEPT` (or `POLL_ADD` on the listener): a request
+/// in flight holds a reference to the socket, and when the process dies (a crash, `kill -9`)
+/// the kernel cancels a ring's requests only later, asynchronously. Until then the dead
+/// process's listeners stay in the `SO_REUSEPORT` group, the kernel keeps handing them new
+/// connections, and those are reset: a broker restarted at once would see its first clients
+/// refused. Instead the listener sits in a private epoll instance (which does not keep it
+/// open), and the core waits for that epoll descriptor to become readable (one `POLL_ADD` on
+/// io_uring, a nested registration on the epoll driver), then accepts with a plain
+/// non-blocking `accept4`. Accepting is rare next to reads and writes, so this costs nothing
+/// that matters.
 pub struct Listener {
-    inner: monoio::net::TcpListener,
+    inner: std::net::TcpListener,
+    /// The epoll instance watching `inner` for incoming connections. It is held in a
+    /// `UnixStream` shell only to be registered with monoio and waited on with
+    /// [`monoio::net::UnixStream::readable`]; it is never read or written.
+    ready: monoio::net::UnixStream,
 }
 
 impl Listener {
@@ -491,9 +506,25 @@ impl Listener {
 
     /// Registers a listener made by [`Listener::bind_std`] with this core's runtime.
     pub fn from_std(listener: std::net::TcpListener) -> io::Result<Listener> {
-        // Non-blocking for the epoll driver; io_uring accepts either way.
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
         listener.set_nonblocking(true)?;
-        Ok(Listener { inner: monoio::net::TcpListener::from_std(listener)? })
+        // SAFETY: epoll_create1 has no memory-safety preconditions; on success it returns a new
+        // descriptor that nothing else owns, which OwnedFd then owns (and closes).
+        let epoll = unsafe {
+            let fd = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            OwnedFd::from_raw_fd(fd)
+        };
+        let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 0 };
+        // SAFETY: both descriptors are open for the duration of the call (owned by `epoll` and
+        // `listener`), and `event` is a valid epoll_event the kernel only reads.
+        if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, listener.as_raw_fd(), &mut event) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let shell = std::os::unix::net::UnixStream::from(epoll);
+        Ok(Listener { inner: listener, ready: monoio::net::UnixStream::from_std(shell)? })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -501,14 +532,17 @@ impl Listener {
     }
 
     pub async fn accept(&self) -> io::Result<(Stream, SocketAddr)> {
-        let (stream, peer) = self.inner.accept().await?;
-        stream.set_nodelay(true)?;
-        let fd = std::os::fd::IntoRawFd::into_raw_fd(stream);
-        // SAFETY: `into_raw_fd` gave up monoio's ownership of this freshly accepted socket
-        // (deregistering it from the driver); nothing else refers to the descriptor, so the
-        // std stream becomes its only owner.
-        let std = unsafe { <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        Ok((Stream { inner: std }, peer))
+        loop {
+            match self.inner.accept() {
+                Ok((stream, peer)) => {
+                    stream.set_nodelay(true)?;
+                    return Ok((Stream { inner: stream }, peer));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.ready.readable(false).await?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
