@@ -136,7 +136,7 @@ pub enum AcceptMode {
 
 impl AcceptMode {
     pub fn platform_default() -> AcceptMode {
-        if promptmq_runtime_tokio::reuseport_supported() {
+        if crate::server::rt::reuseport_supported() {
             AcceptMode::Reuseport
         } else {
             AcceptMode::Handoff

@@ -48,6 +48,19 @@ enum WalTool {
     },
 }
 
+/// The runtime for the startup line: `io_uring`, or `epoll (io_uring refused: EPERM)` and the
+/// like when the kernel refused io_uring (which driver each core got, and why), or `tokio`.
+/// On io_uring it waits until every core has built its ring.
+#[cfg(all(target_os = "linux", feature = "uring", not(feature = "tokio")))]
+fn runtime_description() -> String {
+    promptmq_runtime_uring::driver_description()
+}
+
+#[cfg(not(all(target_os = "linux", feature = "uring", not(feature = "tokio"))))]
+fn runtime_description() -> String {
+    promptmq_runtime_tokio::RUNTIME_NAME.to_string()
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = cli.config;
@@ -83,7 +96,7 @@ fn main() -> anyhow::Result<()> {
         "promptmq {} listening on {} (runtime {}, {} cores, data {})",
         promptmq::VERSION_STRING,
         running.local_addr,
-        promptmq_runtime_tokio::RUNTIME_NAME,
+        runtime_description(),
         running.cores,
         data_dir
     );

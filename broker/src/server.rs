@@ -24,7 +24,11 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use crossbeam_queue::ArrayQueue;
-use promptmq_runtime_tokio as rt;
+// The runtime, chosen at build time (see the features in broker/Cargo.toml).
+#[cfg(not(all(target_os = "linux", feature = "uring", not(feature = "tokio"))))]
+pub(crate) use promptmq_runtime_tokio as rt;
+#[cfg(all(target_os = "linux", feature = "uring", not(feature = "tokio")))]
+pub(crate) use promptmq_runtime_uring as rt;
 
 use crate::config::{AcceptMode, Config, WalSyncMode};
 use crate::core::{shard_of, RetentionPins};
