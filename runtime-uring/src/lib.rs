@@ -569,15 +569,21 @@ impl Stream {
 
     /// Splits into independently owned read and write halves (one task reads, one writes)
     /// and a [`Closer`] that can end the connection while either half is blocked.
+    ///
+    /// All three use the one descriptor (no `dup`: a connection costs one file descriptor).
+    /// The descriptor is closed when both halves are dropped; the closer then does nothing.
     pub fn into_split(self) -> io::Result<(ReadHalf, WriteHalf, Closer)> {
+        use std::os::fd::AsRawFd;
         self.inner.set_nonblocking(true)?;
-        let control = Rc::new(self.inner.try_clone()?);
+        let fd = self.inner.as_raw_fd();
         let stream = monoio::net::TcpStream::from_std(self.inner)?;
         let (r, w) = stream.into_split();
+        let open = Rc::new(());
+        let closer = Closer { fd, open: Rc::downgrade(&open) };
         Ok((
-            ReadHalf { inner: r },
-            WriteHalf { inner: w, control: Rc::clone(&control), iovecs: Vec::new() },
-            Closer { socket: control },
+            ReadHalf { inner: r, _open: Rc::clone(&open) },
+            WriteHalf { inner: w, fd, _open: open, iovecs: Vec::new() },
+            closer,
         ))
     }
 }
@@ -585,17 +591,32 @@ impl Stream {
 /// Shuts a connection down from outside its read and write tasks: a write blocked on a
 /// peer that stopped reading, or a read waiting on a silent peer, returns at once.
 pub struct Closer {
-    socket: Rc<std::net::TcpStream>,
+    fd: std::os::fd::RawFd,
+    /// Alive while either half (and so the descriptor) is.
+    open: std::rc::Weak<()>,
 }
 
 impl Closer {
     pub fn close(&self) {
-        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        if self.open.upgrade().is_some() {
+            let _ = shutdown(self.fd, std::net::Shutdown::Both);
+        }
     }
+}
+
+/// `shutdown(2)` on a connection's descriptor. Only called with the descriptor of a live
+/// [`ReadHalf`] or [`WriteHalf`] (each keeps its share of the monoio stream, which owns the
+/// descriptor, until it is dropped; all of them live on one thread).
+fn shutdown(fd: std::os::fd::RawFd, how: std::net::Shutdown) -> io::Result<()> {
+    // SAFETY: per the contract above the descriptor is open for the duration of this call,
+    // and it is only borrowed (never closed) here.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&fd).shutdown(how)
 }
 
 pub struct ReadHalf {
     inner: OwnedReadHalf<monoio::net::TcpStream>,
+    _open: Rc<()>,
 }
 
 impl ReadHalf {
@@ -615,8 +636,9 @@ impl ReadHalf {
 
 pub struct WriteHalf {
     inner: OwnedWriteHalf<monoio::net::TcpStream>,
-    /// A second descriptor of the socket, for shutdowns (shared with the [`Closer`]).
-    control: Rc<std::net::TcpStream>,
+    /// The socket's descriptor (owned by `inner`), for shutdowns.
+    fd: std::os::fd::RawFd,
+    _open: Rc<()>,
     /// Reused iovec storage.
     iovecs: Vec<libc::iovec>,
 }
@@ -700,13 +722,13 @@ impl WriteHalf {
     /// Sends FIN after what was written: the peer reads everything up to here, then end of
     /// stream. Reads on the other half keep working.
     pub fn shutdown_write(&mut self) -> io::Result<()> {
-        self.control.shutdown(std::net::Shutdown::Write)
+        shutdown(self.fd, std::net::Shutdown::Write)
     }
 
     /// Closes the connection in both directions, so that a read pending on the other half
     /// ends too (a client that never closes its side cannot keep the connection alive).
     pub fn close(&mut self) -> io::Result<()> {
-        self.control.shutdown(std::net::Shutdown::Both)
+        shutdown(self.fd, std::net::Shutdown::Both)
     }
 }
 

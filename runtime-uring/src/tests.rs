@@ -336,3 +336,25 @@ fn yield_now_runs_the_other_ready_tasks_first() {
         assert_eq!(order.borrow()[3..], [10, 20, 10, 10]);
     });
 }
+
+#[test]
+fn closer_does_nothing_once_both_halves_are_gone() {
+    on_both(|| async {
+        let listener = Listener::bind(loopback()).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = std::thread::spawn(move || std::net::TcpStream::connect(addr).expect("connect"));
+        let (stream, _) = listener.accept().await.expect("accept");
+        let (r, w, closer) = stream.into_split().expect("split");
+        let _client = client.join().expect("client");
+        drop(r);
+        drop(w);
+        // Let the close run, then open another socket that may reuse the descriptor number.
+        sleep(Duration::from_millis(10)).await;
+        let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind other");
+        closer.close();
+        // `other` still works: the closer did not shut down a reused descriptor.
+        assert!(other.local_addr().is_ok());
+        let probe = std::net::TcpStream::connect(other.local_addr().expect("addr"));
+        assert!(probe.is_ok(), "the closer touched a reused descriptor");
+    });
+}
