@@ -19,6 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,8 +46,13 @@ const RING_CAPACITY: usize = 8192;
 /// Messages drained from one ring before looking at the next, so one busy peer cannot
 /// starve the others.
 const DRAIN_BATCH: usize = 256;
-/// Overflowed messages on a core above which its readers pause.
-const OVERFLOW_PAUSE: usize = 16 * 1024;
+/// Back-pressure: a core is congested when more than this many of its outgoing messages
+/// wait in overflow, or one of its incoming rings is more than half full. While any core is
+/// congested, every core stops reading its sockets (the only source of new work) until the
+/// congested ones drain below a quarter of that. Cores never stop draining their rings, so
+/// this cannot deadlock; and since only reading stops, internal queues stay bounded by
+/// what was in flight.
+const CONGESTED_OVERFLOW: usize = 4 * 1024;
 const TICK: Duration = Duration::from_millis(50);
 /// After the broker closes a connection (e.g. after DISCONNECT with an error reason), how
 /// long it keeps reading and discarding what the client still sends before closing the
@@ -66,6 +72,8 @@ struct Shared {
     nonce: u64,
     clock: WallClock,
     pins: Arc<RetentionPins>,
+    /// How many cores are congested (see [`CONGESTED_OVERFLOW`]).
+    congested: AtomicUsize,
 }
 
 impl Shared {
@@ -146,6 +154,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         nonce,
         clock,
         pins: Arc::new(RetentionPins::new(cores)),
+        congested: AtomicUsize::new(0),
     });
     let mut starts: Vec<CoreStart> = listeners
         .into_iter()
@@ -205,6 +214,8 @@ struct Driver {
     overflow_len: Cell<usize>,
     actions: RefCell<Vec<Action>>,
     wake: RefCell<Vec<bool>>,
+    /// Whether this core counts itself in `Shared::congested`.
+    congested: Cell<bool>,
 }
 
 async fn run_core(index: usize, shared: Arc<Shared>, start: Option<CoreStart>) {
@@ -230,6 +241,7 @@ async fn run_core(index: usize, shared: Arc<Shared>, start: Option<CoreStart>) {
         overflow_len: Cell::new(0),
         actions: RefCell::new(Vec::new()),
         wake: RefCell::new(vec![false; shared.cores]),
+        congested: Cell::new(false),
         shared,
     });
     rt::spawn_local(drain_inbox(Rc::clone(&driver)));
@@ -301,7 +313,9 @@ fn serve(driver: &Rc<Driver>, stream: rt::Stream) {
 }
 
 async fn read_loop(driver: Rc<Driver>, id: ConnId, mut r: rt::ReadHalf, io: Rc<ConnIo>) {
-    let mut buf = BytesMut::with_capacity(8 * 1024);
+    // Starts empty and is dropped whenever fully consumed, so an idle connection holds no
+    // read buffer (the runtime allocates one when data arrives, where it can).
+    let mut buf = BytesMut::new();
     loop {
         let (res, b) = r.read(buf).await;
         buf = b;
@@ -318,14 +332,18 @@ async fn read_loop(driver: Rc<Driver>, id: ConnId, mut r: rt::ReadHalf, io: Rc<C
                 driver.dispatch();
             }
         }
+        if buf.is_empty() && buf.capacity() > 0 {
+            buf = BytesMut::new();
+        }
         // A client that sends but does not read (PINGREQs, QoS 1 publishes whose PUBACKs
         // pile up) is not read from while its write queue is over the limit.
         while !io.closing.get() && driver.core.borrow().pending_write(id) > driver.shared.config.max_write_buffer {
             io.drained.wait().await;
         }
-        while driver.overflow_len.get() > OVERFLOW_PAUSE {
+        while driver.shared.congested.load(Ordering::Acquire) > 0 && !io.closing.get() {
             rt::sleep(Duration::from_millis(1)).await;
             driver.retry_overflow();
+            driver.update_congestion();
         }
     }
     io.reader_done.set(true);
@@ -400,6 +418,7 @@ async fn drain_inbox(driver: Rc<Driver>) {
             }
             driver.dispatch();
             driver.retry_overflow();
+            driver.update_congestion();
             if got == 0 {
                 break;
             }
@@ -414,6 +433,7 @@ async fn tick(driver: Rc<Driver>) {
         driver.core.borrow_mut().on_tick(Instant::now());
         driver.dispatch();
         driver.retry_overflow();
+        driver.update_congestion();
     }
 }
 
@@ -458,6 +478,7 @@ impl Driver {
         }
         *self.actions.borrow_mut() = actions;
         self.ring_wakeups();
+        self.update_congestion();
     }
 
     fn push(&self, to: usize, msg: CoreMsg) {
@@ -474,6 +495,23 @@ impl Driver {
             overflow[to].push_back(msg);
             self.overflow_len.set(self.overflow_len.get() + 1);
             self.core.borrow_mut().stats.ring_overflows += 1;
+        }
+    }
+
+    /// Sets or clears this core's congestion mark (see [`CONGESTED_OVERFLOW`]).
+    fn update_congestion(&self) {
+        let shared = &self.shared;
+        let inbound =
+            (0..shared.cores).filter(|&c| c != self.id).map(|c| shared.ring(c, self.id).len()).max().unwrap_or(0);
+        let overflow = self.overflow_len.get();
+        if !self.congested.get() {
+            if overflow > CONGESTED_OVERFLOW || inbound > RING_CAPACITY / 2 {
+                self.congested.set(true);
+                shared.congested.fetch_add(1, Ordering::AcqRel);
+            }
+        } else if overflow < CONGESTED_OVERFLOW / 4 && inbound < RING_CAPACITY / 8 {
+            self.congested.set(false);
+            shared.congested.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
