@@ -297,6 +297,18 @@ impl Broker {
         self.opts.cores
     }
 
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory of the broker process, in KiB (Linux).
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.opts.data_dir.clone().unwrap_or_else(|| self.dir.join("data"))
     }
