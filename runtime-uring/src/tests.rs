@@ -358,3 +358,41 @@ fn closer_does_nothing_once_both_halves_are_gone() {
         assert!(probe.is_ok(), "the closer touched a reused descriptor");
     });
 }
+
+#[test]
+fn read_room_grows_for_bulk_data_and_shrinks_when_idle() {
+    on_both(|| async {
+        let listener = Listener::bind(loopback()).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let client = std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).expect("connect");
+            for chunk in rx {
+                s.write_all(&chunk).expect("write");
+            }
+        });
+        let (stream, _) = listener.accept().await.expect("accept");
+        let (mut r, _w, _c) = stream.into_split().expect("split");
+        // Bulk: 1 MiB sent at once; reads given empty buffers get more room each time.
+        tx.send(vec![7u8; 1 << 20]).expect("send");
+        let mut total = 0;
+        let mut largest = 0;
+        while total < 1 << 20 {
+            let (res, buf) = r.read(BytesMut::new()).await;
+            let n = res.expect("read");
+            assert_eq!(buf.len(), n);
+            largest = largest.max(buf.capacity());
+            total += n;
+        }
+        assert!(largest >= 32 * 1024, "largest read buffer {largest}");
+        // Small messages: the room shrinks back.
+        for _ in 0..10 {
+            tx.send(vec![1u8; 2]).expect("send");
+            let (res, _) = r.read(BytesMut::new()).await;
+            assert_eq!(res.expect("read"), 2);
+        }
+        assert_eq!(r.next_room, READ_ROOM_MIN);
+        drop(tx);
+        client.join().expect("client");
+    });
+}
