@@ -24,13 +24,32 @@
 //! - Reads and writes use owned buffers, which is what io_uring needs: the kernel owns the
 //!   buffer while the operation runs, and a dropped future leaves the buffer with monoio until
 //!   the operation completes. Reads append to the caller's `BytesMut` in place; writes send the
-//!   caller's `Bytes` chunks with one `writev` (up to [`MAX_IOVECS`] at a time), no copy.
+//!   caller's `Bytes` chunks with one `writev` (up to 256 at a time), no copy.
 //! - [`Wakeup`] is a permit plus an [`atomic_waker::AtomicWaker`]: ringing a core that is busy
 //!   costs one atomic swap; ringing a core parked in `io_uring_enter` (or `epoll_wait`) wakes it
 //!   through monoio's cross-thread waker, an eventfd the parked core has a read pending on.
 //!   It may be rung from any thread, including threads that run no runtime (the WAL writer).
 //!
 //! Invariant: nothing here blocks a core's thread; all waiting is `async`.
+//!
+//! # Running it
+//!
+//! - **Memory lock limit.** Kernels before 5.12 charge io_uring rings to `RLIMIT_MEMLOCK`.
+//!   A core's ring (1024 submission entries, 2048 completion entries) needs about 100 KiB;
+//!   older distributions default the limit to 64 KiB. The broker then retries with a
+//!   256-entry ring (about 28 KiB) and says so in the startup line, and falls back to epoll
+//!   if even that is refused. Give it room with `LimitMEMLOCK=infinity` (systemd),
+//!   `ulimit -l`, `--ulimit memlock=-1` (Docker), or `CAP_IPC_LOCK`. Since 5.12 rings are
+//!   charged to the memory cgroup and the limit does not matter.
+//! - **Containers.** The default seccomp profiles of recent Docker and containerd block the
+//!   `io_uring_*` system calls: ring setup fails with `EPERM` and the broker runs on epoll
+//!   (`runtime epoll (io_uring refused: EPERM)`). To run on io_uring, use a profile that
+//!   allows `io_uring_setup`, `io_uring_enter` and `io_uring_register`
+//!   (`--security-opt seccomp=<profile.json>`), or `--security-opt seccomp=unconfined`.
+//! - **`kernel.io_uring_disabled`** (Linux 6.6+): 1 allows io_uring only to privileged
+//!   processes (or the `kernel.io_uring_group`), 2 to nobody; refused cores run on epoll.
+//! - **systemd hardening**: a `SystemCallFilter=` without the `io_uring_*` calls has the same
+//!   effect as the container profiles.
 #![cfg(target_os = "linux")]
 
 use std::cell::{Cell, RefCell};
@@ -64,7 +83,7 @@ const RING_ENTRIES: u32 = 1024;
 /// After ENOMEM: the smallest ring monoio accepts.
 const SMALL_RING_ENTRIES: u32 = 256;
 /// Chunks handed to one `writev` (IOV_MAX is 1024).
-pub const MAX_IOVECS: usize = 256;
+const MAX_IOVECS: usize = 256;
 
 // ---------------------------------------------------------------------------
 // Ring setup and fallback
@@ -581,7 +600,7 @@ impl Stream {
         let open = Rc::new(());
         let closer = Closer { fd, open: Rc::downgrade(&open) };
         Ok((
-            ReadHalf { inner: r, _open: Rc::clone(&open), next_room: READ_ROOM_START },
+            ReadHalf { inner: r, _open: Rc::clone(&open), next_room: READ_ROOM_START, ready_streak: 0 },
             WriteHalf { inner: w, fd, _open: open, iovecs: Vec::new() },
             closer,
         ))
@@ -619,6 +638,31 @@ pub struct ReadHalf {
     _open: Rc<()>,
     /// Room to give the next read when the caller's buffer has none (see [`ReadHalf::read`]).
     next_room: usize,
+    /// Reads in a row that completed without waiting (see [`ReadHalf::read`]).
+    ready_streak: u32,
+}
+
+/// Reads in a row that may complete without waiting before the reading task yields.
+const READY_STREAK_YIELD: u32 = 16;
+
+/// Polls a future and notes whether it was ready at its first poll.
+struct NoteReady<F> {
+    inner: F,
+    polled: bool,
+    ready_at_once: bool,
+}
+
+impl<F: Future + Unpin> Future for NoteReady<F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let first = !self.polled;
+        self.polled = true;
+        let out = Pin::new(&mut self.inner).poll(cx);
+        if first && out.is_ready() {
+            self.ready_at_once = true;
+        }
+        out
+    }
 }
 
 /// Bounds of the room a read gets when the caller's buffer has none.
@@ -636,6 +680,11 @@ impl ReadHalf {
     /// of it (up to 64 KiB, fewer receives for a busy publisher) and halves after one that
     /// used under a quarter (down to 512 bytes, so an idle connection that the caller gives an
     /// empty buffer holds only that while it waits).
+    ///
+    /// On the epoll driver a read of a socket with data waiting completes at once, without
+    /// returning to the scheduler; a task reading a busy publisher in a loop would then never
+    /// let the core's other tasks (the writers) run. After 16 such reads in a row the read
+    /// yields first. (On io_uring every read waits for its completion, so this never triggers.)
     pub async fn read(&mut self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
         if buf.capacity() - buf.len() < READ_ROOM_MIN {
             buf.reserve(self.next_room);
@@ -644,7 +693,18 @@ impl ReadHalf {
         let room = cap - len;
         // The kernel writes into the spare capacity after the bytes already held; monoio
         // advances the length by what it wrote.
-        let (res, slice) = self.inner.read(buf.slice_mut(len..cap)).await;
+        let read = std::pin::pin!(self.inner.read(buf.slice_mut(len..cap)));
+        let mut op = NoteReady { inner: read, polled: false, ready_at_once: false };
+        let (res, slice) = (&mut op).await;
+        if op.ready_at_once {
+            self.ready_streak += 1;
+            if self.ready_streak >= READY_STREAK_YIELD {
+                self.ready_streak = 0;
+                yield_now().await;
+            }
+        } else {
+            self.ready_streak = 0;
+        }
         if let Ok(n) = res {
             if n >= room - room / 4 {
                 self.next_room = (self.next_room * 2).min(READ_ROOM_MAX);

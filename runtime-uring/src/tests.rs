@@ -396,3 +396,40 @@ fn read_room_grows_for_bulk_data_and_shrinks_when_idle() {
         client.join().expect("client");
     });
 }
+
+#[test]
+fn a_reader_with_data_always_waiting_lets_other_tasks_run() {
+    on_both(|| async {
+        let listener = Listener::bind(loopback()).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).expect("connect");
+            // Far more than one read takes: the socket always has data waiting.
+            let _ = s.write_all(&vec![0u8; 8 << 20]);
+        });
+        let (stream, _) = listener.accept().await.expect("accept");
+        let (mut r, w, _c) = stream.into_split().expect("split");
+        // Let data pile up, and learn that the socket is readable.
+        sleep(Duration::from_millis(100)).await;
+        let (res, _) = r.read(BytesMut::with_capacity(4096)).await;
+        assert!(res.expect("read") > 0);
+        let other_ran = Rc::new(Cell::new(false));
+        let o = Rc::clone(&other_ran);
+        spawn_local(async move { o.set(true) });
+        // Read without ever awaiting anything else, as the broker's read loop does.
+        let mut reads = 0;
+        while !other_ran.get() {
+            // Small reads, so that the data already waiting lasts for all of them.
+            let (res, _) = r.read(BytesMut::with_capacity(READ_ROOM_MIN)).await;
+            assert!(res.expect("read") > 0);
+            reads += 1;
+            assert!(reads < 100, "the other task never ran");
+        }
+        // Close the socket so the client's write ends (on io_uring the close is an operation
+        // of the ring: let the core submit it before blocking on the join).
+        drop(r);
+        drop(w);
+        sleep(Duration::from_millis(20)).await;
+        client.join().expect("client");
+    });
+}
