@@ -224,7 +224,13 @@ impl ReadHalf {
                 buf.reserve(8 * 1024);
             }
             match self.inner.try_read_buf(&mut buf) {
-                Ok(n) => return (Ok(n), buf),
+                Ok(n) => {
+                    // `try_read_buf` does not spend tokio's cooperative budget; without this a
+                    // publisher that always has data waiting would keep its core's other tasks
+                    // (writers, the inbox) from running.
+                    tokio::task::consume_budget().await;
+                    return (Ok(n), buf);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if let Err(e) = self.inner.readable().await {
                         return (Err(e), buf);
