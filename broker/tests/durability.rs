@@ -115,7 +115,8 @@ async fn acknowledged_retained_messages_survive_kill_9() {
         }
     }
     let log = broker.log_text();
-    assert!(log.contains("retained messages restored") || log.is_empty() || !log.contains("ERROR"), "{log}");
+    // Recovery after each kill found no damage to report: no quarantined segment, no gap.
+    assert!(!log.contains("ERROR"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -82,11 +82,7 @@ impl Core {
         stored: StoredSubscription,
         want_retained: bool,
     ) -> usize {
-        let (group, filter) = match topic::parse_shared(full) {
-            Ok(Some((g, f))) => (Some(full.slice_ref(g)), full.slice_ref(f)),
-            _ => (None, full.clone()),
-        };
-        let shards = self.shards_for(&filter);
+        let (group, filter, shards) = self.filter_shards(full);
         let n = shards.len();
         for shard in shards {
             let subscriber =
@@ -103,6 +99,17 @@ impl Core {
         }
     }
 
+    /// Splits a subscription's full filter into (shared group, filter) and the shards that
+    /// must know it: the topic's owner for an exact filter, every shard for a wildcard.
+    fn filter_shards(&self, full: &Bytes) -> (Option<Bytes>, Bytes, Vec<usize>) {
+        let (group, filter) = match topic::parse_shared(full) {
+            Ok(Some((g, f))) => (Some(full.slice_ref(g)), full.slice_ref(f)),
+            _ => (None, full.clone()),
+        };
+        let shards = self.shards_for(&filter);
+        (group, filter, shards)
+    }
+
     pub(super) fn route_unsubscribe(
         &mut self,
         req: Option<RequestRef>,
@@ -110,11 +117,7 @@ impl Core {
         epoch: u64,
         full: &Bytes,
     ) -> usize {
-        let (group, filter) = match topic::parse_shared(full) {
-            Ok(Some((g, f))) => (Some(full.slice_ref(g)), full.slice_ref(f)),
-            _ => (None, full.clone()),
-        };
-        let shards = self.shards_for(&filter);
+        let (group, filter, shards) = self.filter_shards(full);
         let n = shards.len();
         for shard in shards {
             let msg = CoreMsg::Unsubscribe {
