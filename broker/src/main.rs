@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use promptmq::config::layers::{self, LoadError};
 use promptmq::config::Config;
 
 #[derive(Parser)]
@@ -17,11 +18,25 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Check a config file, or print the effective configuration.
+    Config {
+        #[command(subcommand)]
+        tool: ConfigTool,
+    },
     /// Inspect the write-ahead log of a data directory (read only).
     Wal {
         #[command(subcommand)]
         tool: WalTool,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigTool {
+    /// Check that FILE is valid YAML with known keys and valid values; prints every problem.
+    Check { file: PathBuf },
+    /// Print the effective configuration (defaults, --config file, PROMPTMQ_* variables and
+    /// flags applied) as a YAML file the broker reads back, each value with its origin.
+    Show,
 }
 
 #[derive(Subcommand)]
@@ -62,7 +77,30 @@ fn runtime_description() -> String {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let loaded = match layers::load::<Cli>(std::env::args_os().collect()) {
+        Ok(loaded) => loaded,
+        Err(LoadError::Cli(e)) => e.exit(),
+        Err(LoadError::Config(e)) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Some(Command::Config { tool }) = &loaded.parsed.command {
+        match tool {
+            ConfigTool::Show => print!("{}", layers::show(&loaded)),
+            ConfigTool::Check { file } => match layers::check_file(&Cli::command(), file) {
+                Ok(n) => println!("{}: ok ({n} keys)", file.display()),
+                Err(errors) => {
+                    for e in errors {
+                        eprintln!("error: {e}");
+                    }
+                    std::process::exit(1);
+                }
+            },
+        }
+        return Ok(());
+    }
+    let cli = loaded.parsed;
     let config = cli.config;
     if let Some(Command::Wal { tool }) = cli.command {
         let mut out = std::io::stdout().lock();

@@ -97,6 +97,8 @@ pub struct BrokerOpts {
     pub extra_args: Vec<String>,
     /// Use this data directory instead of a fresh temporary one.
     pub data_dir: Option<PathBuf>,
+    /// Environment variables for the broker process (ignored for mosquitto).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for BrokerOpts {
@@ -111,6 +113,7 @@ impl Default for BrokerOpts {
             log_level: None,
             extra_args: Vec::new(),
             data_dir: None,
+            env: Vec::new(),
         }
     }
 }
@@ -149,6 +152,10 @@ impl BrokerOpts {
     }
     pub fn data_dir(mut self, dir: &Path) -> Self {
         self.data_dir = Some(dir.to_path_buf());
+        self
+    }
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
         self
     }
     pub fn extra_args(mut self, args: &[&str]) -> Self {
@@ -214,7 +221,8 @@ impl Broker {
                     .arg(&data)
                     .arg("--log-level")
                     .arg(opts.log_level.as_deref().unwrap_or("warn"))
-                    .args(&opts.extra_args);
+                    .args(&opts.extra_args)
+                    .envs(opts.env.iter().map(|(k, v)| (k, v)));
                 if let Some(v) = opts.max_keep_alive {
                     c.arg("--max-keep-alive").arg(v.to_string());
                 }
@@ -254,7 +262,7 @@ impl Broker {
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_promptmq"));
-        cmd.args(&self.argv);
+        cmd.args(&self.argv).envs(self.opts.env.iter().map(|(k, v)| (k, v)));
         // Keep the earlier runs' logs: append.
         self.child = spawn_logged(&mut cmd, &self.log).unwrap_or_else(|e| panic!("restart: {e}"));
         if let Err(e) = self.wait_ready().await {

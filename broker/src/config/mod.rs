@@ -1,23 +1,36 @@
 //! The broker's configuration: one type, defaults in one place.
 //!
-//! Today it is filled from command-line flags (and `PROMPTMQ_*` environment variables for
-//! the same keys); the operations issue adds the YAML file layer on top of this same type.
+//! [`Config`] is a clap parser: every setting is a command-line flag with a default and a
+//! `PROMPTMQ_*` environment variable. A YAML file (`--config`) sits between the defaults and
+//! the environment: [`layers`] maps its dotted keys (`storage.wal.sync-mode`) onto the same
+//! flags, so each value goes through one parser whichever layer it came from. Precedence:
+//! flag > environment > file > default. [`keys::KEYS`] is the list of keys; a unit test
+//! checks it against the flags, so no key can exist without a field that uses it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
 
+pub mod keys;
+pub mod layers;
+pub mod units;
+
 /// Everything the broker can be told. Every field is used; its doc says where.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "promptmq", version = crate::VERSION_STRING, about = "A fast, durable MQTT 3.1.1 and 5.0 broker")]
 pub struct Config {
+    /// A YAML config file; its keys are listed by `promptmq config show`. Flags and
+    /// `PROMPTMQ_*` variables override what it says.
+    #[arg(long = "config", env = "PROMPTMQ_CONFIG")]
+    pub config_file: Option<PathBuf>,
+
     /// Address of the MQTT TCP listener.
     #[arg(long, env = "PROMPTMQ_SERVER_BIND", default_value = "0.0.0.0:1883")]
     pub bind: SocketAddr,
 
     /// Worker threads, one per core, each owning a shard of the topics (0 = number of CPUs).
-    #[arg(long, env = "PROMPTMQ_CORES", default_value_t = 0)]
+    #[arg(long, env = "PROMPTMQ_SERVER_CORES", default_value_t = 0)]
     pub cores: usize,
 
     /// Directory for durable state; created if missing.
@@ -38,27 +51,29 @@ pub struct Config {
     #[arg(long, env = "PROMPTMQ_STORAGE_WAL_SYNC_MODE", value_enum, default_value_t = WalSyncMode::Immediate)]
     pub wal_sync_mode: WalSyncMode,
 
-    /// Interval of `periodic` syncs and the longest wait of a `batch` sync, in milliseconds.
-    #[arg(long, env = "PROMPTMQ_STORAGE_WAL_SYNC_INTERVAL", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    /// Interval of `periodic` syncs and the longest wait of a `batch` sync, in milliseconds
+    /// (or with a unit: `250ms`, `1s`; at most one minute).
+    #[arg(long, env = "PROMPTMQ_STORAGE_WAL_SYNC_INTERVAL", default_value_t = 100, value_parser = parse_sync_interval)]
     pub wal_sync_interval: u64,
 
     /// Records after which a `batch` sync happens.
     #[arg(long, env = "PROMPTMQ_STORAGE_WAL_BATCH_SYNC_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub wal_batch_sync_size: u64,
 
-    /// Size of each WAL segment file in bytes (a multiple of 4096, at least 65536).
+    /// Size of each WAL segment file in bytes (a multiple of 4096, at least 65536; `64MiB`).
     #[arg(long, env = "PROMPTMQ_STORAGE_WAL_SEGMENT_SIZE", default_value_t = 64 * 1024 * 1024, value_parser = parse_segment_size)]
     pub wal_segment_size: u64,
 
-    /// Delete log segments whose newest record is older than this many seconds (0 = keep
+    /// Delete log segments whose newest record is older than this many seconds or this
+    /// duration (`7d`, `12h`; 0 = keep
     /// regardless of age). Data still needed is kept: messages owed to persistent sessions,
     /// and retained messages and session state, which are rewritten ahead of the cut.
-    #[arg(long, env = "PROMPTMQ_STORAGE_RETENTION_MAX_MESSAGE_AGE", default_value_t = 7 * 24 * 3600)]
+    #[arg(long, env = "PROMPTMQ_STORAGE_RETENTION_MAX_MESSAGE_AGE", default_value_t = 7 * 24 * 3600, value_parser = parse_age_secs)]
     pub retention_max_message_age: u64,
 
-    /// Keep each shard's log under this many bytes by deleting its oldest segments (0 = no
-    /// limit), with the same exceptions as the age limit.
-    #[arg(long, env = "PROMPTMQ_STORAGE_RETENTION_MAX_SIZE", default_value_t = 0)]
+    /// Keep each shard's log under this many bytes (or `10GiB`) by deleting its oldest
+    /// segments (0 = no limit), with the same exceptions as the age limit.
+    #[arg(long, env = "PROMPTMQ_STORAGE_RETENTION_MAX_SIZE", default_value_t = 0, value_parser = parse_size)]
     pub retention_max_size: u64,
 
     /// How connections reach the cores: `reuseport` (each core accepts on its own
@@ -78,7 +93,7 @@ pub struct Config {
 
     /// Largest MQTT packet accepted, in bytes (announced as Maximum Packet Size in 5.0);
     /// larger packets close the connection with reason 0x95.
-    #[arg(long, env = "PROMPTMQ_MQTT_MAX_PACKET_SIZE", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u32).range(16..=268_435_460))]
+    #[arg(long, env = "PROMPTMQ_MQTT_MAX_PACKET_SIZE", default_value_t = 1024 * 1024, value_parser = parse_packet_size)]
     pub max_packet_size: u32,
 
     /// Receive Maximum: QoS 1/2 publishes a client may have unacknowledged towards the
@@ -102,7 +117,7 @@ pub struct Config {
 
     /// Bytes that may wait in one connection's write queue before QoS 0 messages to it are
     /// dropped (QoS 1/2 wait in the session queue instead).
-    #[arg(long, env = "PROMPTMQ_MQTT_MAX_WRITE_BUFFER", default_value_t = 4 * 1024 * 1024)]
+    #[arg(long, env = "PROMPTMQ_MQTT_MAX_WRITE_BUFFER", default_value_t = 4 * 1024 * 1024, value_parser = parse_write_buffer)]
     pub max_write_buffer: usize,
 }
 
@@ -115,11 +130,40 @@ pub enum WalSyncMode {
 }
 
 fn parse_segment_size(s: &str) -> Result<u64, String> {
-    let v: u64 = s.parse().map_err(|e| format!("{e}"))?;
+    let v = units::parse_size(s)?;
     if v < 65_536 || !v.is_multiple_of(4096) {
         return Err(format!("{v} is not a multiple of 4096 of at least 65536"));
     }
     Ok(v)
+}
+
+fn parse_sync_interval(s: &str) -> Result<u64, String> {
+    match units::parse_duration_ms(s, 1)? {
+        v @ 1..=60_000 => Ok(v),
+        v => Err(format!("{v} ms is outside 1ms..=60s")),
+    }
+}
+
+fn parse_age_secs(s: &str) -> Result<u64, String> {
+    Ok(units::parse_duration_ms(s, 1000)? / 1000)
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    units::parse_size(s)
+}
+
+fn parse_packet_size(s: &str) -> Result<u32, String> {
+    match units::parse_size(s)? {
+        v @ 16..=268_435_460 => Ok(v as u32),
+        v => Err(format!("{v} is outside 16..=268435460 (the largest packet MQTT can encode)")),
+    }
+}
+
+fn parse_write_buffer(s: &str) -> Result<usize, String> {
+    match units::parse_size(s)? {
+        v @ 1024.. => usize::try_from(v).map_err(|_| format!("{v} is too large")),
+        v => Err(format!("{v} is below 1024 bytes")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
