@@ -25,6 +25,8 @@ pub mod registry;
 pub mod router;
 pub mod server;
 pub mod session;
+#[cfg(unix)]
+pub mod signals;
 pub mod stats;
 pub mod storage;
 pub mod tools;

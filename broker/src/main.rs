@@ -129,7 +129,12 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let data_dir = config.data_dir.display().to_string();
     let bind = config.bind;
+    // Before any thread starts, so that every thread inherits the blocked signals.
+    #[cfg(unix)]
+    let signals = promptmq::signals::block().context("cannot block signals")?;
     let running = promptmq::server::start(config).with_context(|| format!("cannot start the broker on {bind}"))?;
+    #[cfg(unix)]
+    handle_signals(signals, running.stopper())?;
     tracing::info!(
         "promptmq {} listening on {} (runtime {}, {} cores, data {})",
         promptmq::VERSION_STRING,
@@ -139,5 +144,46 @@ fn main() -> anyhow::Result<()> {
         data_dir
     );
     running.wait().context("broker stopped with an error")?;
+    tracing::info!("promptmq stopped");
+    Ok(())
+}
+
+/// How long a graceful stop may take before the process exits anyway.
+#[cfg(unix)]
+const STOP_BOUND: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// SIGTERM/SIGINT: a graceful stop (a second one exits at once); SIGHUP: reload.
+#[cfg(unix)]
+fn handle_signals(signals: promptmq::signals::Signals, stopper: promptmq::server::Stopper) -> anyhow::Result<()> {
+    use promptmq::signals::Request;
+    std::thread::Builder::new()
+        .name("promptmq-signals".into())
+        .spawn(move || {
+            let mut stopping = false;
+            loop {
+                match signals.wait() {
+                    Ok(Request::Stop(name)) if stopping => {
+                        tracing::warn!("{name} again: exiting without waiting");
+                        std::process::exit(1);
+                    }
+                    Ok(Request::Stop(name)) => {
+                        tracing::info!("{name}: stopping (closing connections, syncing the logs)");
+                        stopping = true;
+                        stopper.stop();
+                        std::thread::spawn(|| {
+                            std::thread::sleep(STOP_BOUND);
+                            tracing::error!("graceful stop took longer than {STOP_BOUND:?}: exiting");
+                            std::process::exit(1);
+                        });
+                    }
+                    Ok(Request::Reload) => tracing::info!("SIGHUP: nothing to reload (no password, ACL or TLS files)"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot wait for signals");
+                        return;
+                    }
+                }
+            }
+        })
+        .context("cannot start the signal thread")?;
     Ok(())
 }

@@ -19,7 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,11 @@ const TICK: Duration = Duration::from_millis(50);
 /// socket. Closing at once would make the kernel answer the client's in-flight packets
 /// with a reset, which can destroy the DISCONNECT before the client has read it.
 const LINGER: Duration = Duration::from_secs(2);
+/// How long a stopping broker waits for the cores to exchange their last messages and for
+/// connections to flush, before it syncs the logs and exits anyway.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
+/// How long a stopping core waits for its log writer to take the last records.
+const SHUTDOWN_JOURNAL: Duration = Duration::from_secs(5);
 
 /// What all cores share. Only the rings and wakeups are touched per message.
 struct Shared {
@@ -74,6 +79,10 @@ struct Shared {
     pins: Arc<RetentionPins>,
     /// How many cores are congested (see [`CONGESTED_OVERFLOW`]).
     congested: AtomicUsize,
+    /// The broker is stopping (see [`Stopper`]).
+    stopping: AtomicBool,
+    /// Cores that have closed their connections since the broker began stopping.
+    closed_cores: AtomicUsize,
 }
 
 impl Shared {
@@ -87,6 +96,7 @@ pub struct Running {
     pub local_addr: SocketAddr,
     pub cores: usize,
     thread: std::thread::JoinHandle<io::Result<()>>,
+    stopper: Stopper,
     _lock: Option<DirLock>,
 }
 
@@ -109,7 +119,28 @@ struct CoreStart {
     sessions: Vec<(Session, Instant)>,
 }
 
+/// Stops a running broker gracefully (SIGTERM, SIGINT): see [`shut_down`].
+#[derive(Clone)]
+pub struct Stopper {
+    shared: Arc<Shared>,
+}
+
+impl Stopper {
+    pub fn stop(&self) {
+        if !self.shared.stopping.swap(true, Ordering::AcqRel) {
+            for wakeup in &self.shared.wakeups {
+                wakeup.ring();
+            }
+        }
+    }
+}
+
 impl Running {
+    /// A handle that stops the broker; [`Running::wait`] then returns.
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
     /// Blocks until the broker stops.
     pub fn wait(self) -> io::Result<()> {
         self.thread.join().map_err(|_| io::Error::other("broker thread panicked"))?
@@ -155,7 +186,10 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         clock,
         pins: Arc::new(RetentionPins::new(cores)),
         congested: AtomicUsize::new(0),
+        stopping: AtomicBool::new(false),
+        closed_cores: AtomicUsize::new(0),
     });
+    let stopper = Stopper { shared: Arc::clone(&shared) };
     let mut starts: Vec<CoreStart> = listeners
         .into_iter()
         .map(|listener| CoreStart { listener, journal: None, retained: Vec::new(), sessions: Vec::new() })
@@ -189,7 +223,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
             })
         })
         .map_err(StartError::Threads)?;
-    Ok(Running { local_addr, cores, thread, _lock: lock })
+    Ok(Running { local_addr, cores, thread, stopper, _lock: lock })
 }
 
 struct ConnIo {
@@ -216,6 +250,10 @@ struct Driver {
     wake: RefCell<Vec<bool>>,
     /// Whether this core counts itself in `Shared::congested`.
     congested: Cell<bool>,
+    /// This core has begun stopping (see [`shut_down`]).
+    stopping: Cell<bool>,
+    /// Rung when this core has stopped; `run_core` returns then.
+    stopped: rt::LocalSignal,
 }
 
 async fn run_core(index: usize, shared: Arc<Shared>, start: Option<CoreStart>) {
@@ -242,16 +280,53 @@ async fn run_core(index: usize, shared: Arc<Shared>, start: Option<CoreStart>) {
         actions: RefCell::new(Vec::new()),
         wake: RefCell::new(vec![false; shared.cores]),
         congested: Cell::new(false),
+        stopping: Cell::new(false),
+        stopped: rt::LocalSignal::default(),
         shared,
     });
     rt::spawn_local(drain_inbox(Rc::clone(&driver)));
     rt::spawn_local(tick(Rc::clone(&driver)));
     match listener.map(rt::Listener::from_std) {
-        Some(Ok(listener)) => accept_loop(driver, listener).await,
+        Some(Ok(listener)) => rt::spawn_local(accept_loop(Rc::clone(&driver), listener)),
         Some(Err(e)) => tracing::error!(core = index, error = %e, "listener setup failed"),
         // No listener of its own (no SO_REUSEPORT): this core serves as a shard only.
-        None => std::future::pending::<()>().await,
+        None => {}
     }
+    // Returning ends the core's runtime, and with it every task still on it.
+    driver.stopped.wait().await;
+}
+
+/// Stops this core: no more accepting or reading; every connection closed (see
+/// `Core::on_shutdown`); the rings drained until every core has closed its connections and
+/// nothing more arrives, so that wills and session records reach their shards; connections
+/// flushed; then the log's last records written and synced. Bounded by [`SHUTDOWN_DRAIN`]
+/// and [`SHUTDOWN_JOURNAL`].
+async fn shut_down(driver: Rc<Driver>) {
+    let shared = Arc::clone(&driver.shared);
+    driver.core.borrow_mut().on_shutdown(Instant::now());
+    driver.dispatch();
+    shared.closed_cores.fetch_add(1, Ordering::AcqRel);
+    let deadline = Instant::now() + SHUTDOWN_DRAIN;
+    let mut quiet_rounds = 0;
+    while quiet_rounds < 5 && Instant::now() < deadline {
+        rt::sleep(Duration::from_millis(10)).await;
+        let got = driver.drain_rings();
+        driver.retry_overflow();
+        let all_closed = shared.closed_cores.load(Ordering::Acquire) == shared.cores;
+        let idle = got == 0 && driver.overflow_len.get() == 0 && driver.conns.borrow().is_empty();
+        quiet_rounds = if all_closed && idle { quiet_rounds + 1 } else { 0 };
+    }
+    if quiet_rounds < 5 {
+        tracing::warn!(
+            core = driver.id,
+            "stopping without a quiet moment: some connections or messages were cut short"
+        );
+    }
+    let lost = driver.core.borrow_mut().close_journal(SHUTDOWN_JOURNAL);
+    if lost > 0 {
+        tracing::error!(core = driver.id, records = lost, "the log did not take its last records before the deadline");
+    }
+    driver.stopped.signal();
 }
 
 async fn accept_loop(driver: Rc<Driver>, listener: rt::Listener) {
@@ -259,6 +334,8 @@ async fn accept_loop(driver: Rc<Driver>, listener: rt::Listener) {
     let mut next = 0usize;
     loop {
         match listener.accept().await {
+            // Stopping: the socket is closed at once (dropped).
+            Ok(_) if driver.stopping.get() => return,
             Ok((stream, _peer)) => {
                 if shared.handoff.is_empty() {
                     serve(&driver, stream);
@@ -390,6 +467,9 @@ async fn drain_inbox(driver: Rc<Driver>) {
     let me = driver.id;
     loop {
         shared.wakeups[me].wait().await;
+        if shared.stopping.load(Ordering::Acquire) && !driver.stopping.replace(true) {
+            rt::spawn_local(shut_down(Rc::clone(&driver)));
+        }
         // The WAL writer rings this wakeup too, when records became durable.
         driver.core.borrow_mut().on_durable(Instant::now());
         if let Some(handoff) = shared.handoff.get(me) {
@@ -401,22 +481,7 @@ async fn drain_inbox(driver: Rc<Driver>) {
             }
         }
         loop {
-            let mut got = 0;
-            for from in (0..shared.cores).filter(|&c| c != me) {
-                let ring = shared.ring(from, me);
-                let mut n = 0;
-                while n < DRAIN_BATCH {
-                    let Some(msg) = ring.pop() else { break };
-                    driver.core.borrow_mut().on_message(msg, Instant::now());
-                    n += 1;
-                }
-                if n == DRAIN_BATCH {
-                    // The sender may be holding messages in overflow: let it retry.
-                    shared.wakeups[from].ring();
-                }
-                got += n;
-            }
-            driver.dispatch();
+            let got = driver.drain_rings();
             driver.retry_overflow();
             driver.update_congestion();
             if got == 0 {
@@ -438,6 +503,29 @@ async fn tick(driver: Rc<Driver>) {
 }
 
 impl Driver {
+    /// Takes up to a batch from every ring into this core and carries out the result;
+    /// returns how many messages it took.
+    fn drain_rings(&self) -> usize {
+        let shared = &self.shared;
+        let mut got = 0;
+        for from in (0..shared.cores).filter(|&c| c != self.id) {
+            let ring = shared.ring(from, self.id);
+            let mut n = 0;
+            while n < DRAIN_BATCH {
+                let Some(msg) = ring.pop() else { break };
+                self.core.borrow_mut().on_message(msg, Instant::now());
+                n += 1;
+            }
+            if n == DRAIN_BATCH {
+                // The sender may be holding messages in overflow: let it retry.
+                shared.wakeups[from].ring();
+            }
+            got += n;
+        }
+        self.dispatch();
+        got
+    }
+
     /// Carries out the actions the core produced.
     fn dispatch(&self) {
         let mut actions = std::mem::take(&mut *self.actions.borrow_mut());

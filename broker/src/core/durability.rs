@@ -92,6 +92,26 @@ impl Core {
         }
     }
 
+    /// Hands every backlogged record to the journal and stops it: its writer thread writes
+    /// and syncs what it holds before it ends. Blocks (the broker is stopping); a journal
+    /// that takes nothing for `patience` (e.g. a disk that stays full) loses the rest, which
+    /// is counted and returned.
+    pub fn close_journal(&mut self, patience: Duration) -> usize {
+        let deadline = Instant::now() + patience;
+        loop {
+            self.feed_journal();
+            if self.journal_backlog.is_empty() || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let lost = self.journal_backlog.len();
+        self.journal_backlog.clear();
+        // Dropping the journal stops its writer after a final sync.
+        self.journal = None;
+        lost
+    }
+
     /// The journal's durable mark may have moved (the driver calls this when the writer
     /// thread reports progress, and on every tick): release the acknowledgements it covers,
     /// or fail them while the log reports an error (full disk, failed sync).

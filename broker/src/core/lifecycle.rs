@@ -304,6 +304,29 @@ impl Core {
         }
     }
 
+    /// The broker is stopping. Every connection is closed, MQTT 5 clients first told
+    /// DISCONNECT 0x8B (Server shutting down). Closing without the client's DISCONNECT 0x00
+    /// is a case where the will is published (MQTT 5, 3.1.2.5), so wills without a delay go
+    /// out now. Persistent sessions are logged with their progress, so that after the
+    /// restart they resume where they were. Cross-core messages this produces (wills,
+    /// session records for a home shard) are drained by the driver before it stops.
+    pub fn on_shutdown(&mut self, now: Instant) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.close(id, CloseWith { reason: Some(reason::SERVER_SHUTTING_DOWN), will: true }, now);
+        }
+        let dirty: Vec<Bytes> = self
+            .sessions
+            .values()
+            .filter(|s| s.progress_dirty && s.is_persistent())
+            .map(|s| s.client_id.clone())
+            .collect();
+        for client_id in dirty {
+            self.persist_session(&client_id, now);
+        }
+        self.run_local(now);
+    }
+
     /// Closes a connection from the broker side and detaches its session.
     pub(super) fn close(&mut self, id: ConnId, how: CloseWith, now: Instant) {
         let Some(mut conn) = self.conns.remove(&id) else { return };

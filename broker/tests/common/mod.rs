@@ -270,6 +270,40 @@ impl Broker {
         }
     }
 
+    /// Sends a signal (e.g. `libc::SIGTERM`) to the broker process.
+    pub fn signal(&self, sig: i32) {
+        let pid = i32::try_from(self.child.id()).expect("pid fits in i32");
+        // SAFETY: kill(2) with a pid we spawned and a valid signal number.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+    }
+
+    /// Waits up to `bound` for the broker process to exit; its exit status, or None if it
+    /// is still running.
+    pub async fn wait_exit(&mut self, bound: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts the broker again with the same arguments after it exited (see `wait_exit`).
+    pub async fn restart(&mut self) {
+        assert!(matches!(self.child.try_wait(), Ok(Some(_))), "restart: the broker is still running");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_promptmq"));
+        cmd.args(&self.argv).envs(self.opts.env.iter().map(|(k, v)| (k, v)));
+        self.child = spawn_logged(&mut cmd, &self.log).unwrap_or_else(|e| panic!("restart: {e}"));
+        if let Err(e) = self.wait_ready().await {
+            panic!("restart: {e}");
+        }
+    }
+
     async fn wait_ready(&mut self) -> Result<(), String> {
         let broker = self;
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -1494,4 +1528,43 @@ pub fn mqtt_str(s: &[u8]) -> Vec<u8> {
     let mut v = (s.len() as u16).to_be_bytes().to_vec();
     v.extend_from_slice(s);
     v
+}
+
+/// Publishes QoS 1 messages (payload = sequence number) over `topics` topics `pq/{n}` with
+/// up to 32 in flight, stopping at `count` messages or when the connection breaks;
+/// returns the acknowledged (topic, seq) pairs.
+pub async fn publish_qos1(port: u16, id: String, topics: u64, first: u64, count: u64) -> Vec<(String, u64)> {
+    use mqttbytes::v4;
+    let mut acked = Vec::new();
+    let (mut c, _) = Raw::connect4_ok(port, &id, true).await;
+    let mut in_flight: std::collections::HashMap<u16, (String, u64)> = Default::default();
+    let mut seq = first;
+    let mut pkid: u16 = 0;
+    loop {
+        while in_flight.len() < 32 && seq < first + count {
+            pkid = pkid % 60_000 + 1;
+            let topic = format!("pq/{}", seq % topics);
+            let mut p = v4::Publish::new(&topic, QoS::AtLeastOnce, seq.to_string().into_bytes());
+            p.pkid = pkid;
+            let mut b = bytes::BytesMut::new();
+            if p.write(&mut b).is_err() || c.send_bytes(&b).await.is_err() {
+                return acked;
+            }
+            in_flight.insert(pkid, (topic, seq));
+            seq += 1;
+        }
+        if in_flight.is_empty() {
+            return acked;
+        }
+        match c.read_frame(Duration::from_secs(2)).await {
+            Ok(f) if f.ptype() == 4 => {
+                let id = u16::from_be_bytes([f.body()[0], f.body()[1]]);
+                if let Some(m) = in_flight.remove(&id) {
+                    acked.push(m);
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return acked,
+        }
+    }
 }
