@@ -16,10 +16,14 @@
 //! messages are ordered by exactly one shard (`core::shard_of`); every queue is bounded
 //! and counts its drops ([`stats`]).
 
+pub mod access;
 pub mod codec;
 pub mod config;
 pub mod core;
+pub mod listeners;
 pub mod message;
+pub mod metrics;
+pub mod passwd;
 pub mod persist;
 pub mod registry;
 pub mod router;

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 use promptmq::config::layers::{self, LoadError};
-use promptmq::config::Config;
+use promptmq::config::{Config, LogFormat};
+use promptmq::passwd::HashKind;
 
 #[derive(Parser)]
 #[command(name = "promptmq", version = promptmq::VERSION_STRING, about = "A fast, durable MQTT 3.1.1 and 5.0 broker")]
@@ -22,6 +23,29 @@ enum Command {
     Config {
         #[command(subcommand)]
         tool: ConfigTool,
+    },
+    /// Add, update or delete a user in a password file (mosquitto's format, like
+    /// mosquitto_passwd).
+    Passwd {
+        /// Create a new file (replacing an existing one).
+        #[arg(short = 'c')]
+        create: bool,
+        /// Delete the user.
+        #[arg(short = 'D', conflicts_with = "create")]
+        delete: bool,
+        /// Take the password from the command line (else it is asked for).
+        #[arg(short = 'b')]
+        batch: bool,
+        /// Hash to write.
+        #[arg(short = 'H', value_enum, default_value_t = HashKind::Sha512Pbkdf2)]
+        hash: HashKind,
+        /// PBKDF2 iterations for sha512-pbkdf2 (mosquitto's default is 101).
+        #[arg(short = 'I', default_value_t = promptmq::passwd::DEFAULT_ITERATIONS)]
+        iterations: u32,
+        file: PathBuf,
+        username: String,
+        /// With -b.
+        password: Option<String>,
     },
     /// Inspect the write-ahead log of a data directory (read only).
     Wal {
@@ -63,19 +87,6 @@ enum WalTool {
     },
 }
 
-/// The runtime for the startup line: `io_uring`, or `epoll (io_uring refused: EPERM)` and the
-/// like when the kernel refused io_uring (which driver each core got, and why), or `tokio`.
-/// On io_uring it waits until every core has built its ring.
-#[cfg(all(target_os = "linux", feature = "uring", not(feature = "tokio")))]
-fn runtime_description() -> String {
-    promptmq_runtime_uring::driver_description()
-}
-
-#[cfg(not(all(target_os = "linux", feature = "uring", not(feature = "tokio"))))]
-fn runtime_description() -> String {
-    promptmq_runtime_tokio::RUNTIME_NAME.to_string()
-}
-
 fn main() -> anyhow::Result<()> {
     let loaded = match layers::load::<Cli>(std::env::args_os().collect()) {
         Ok(loaded) => loaded,
@@ -100,6 +111,24 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let Some(Command::Passwd { create, delete, batch, hash, iterations, file, username, password }) =
+        &loaded.parsed.command
+    {
+        if *batch != password.is_some() && !*delete {
+            anyhow::bail!("give the password with -b (promptmq passwd -b FILE USER PASSWORD), or neither to be asked");
+        }
+        let req = promptmq::passwd::PasswdRequest {
+            file,
+            username,
+            password: password.as_deref(),
+            create: *create,
+            delete: *delete,
+            hash: *hash,
+            iterations: *iterations,
+        };
+        println!("{}", promptmq::passwd::run(req)?);
+        return Ok(());
+    }
     let cli = loaded.parsed;
     let config = cli.config;
     if let Some(Command::Wal { tool }) = cli.command {
@@ -119,11 +148,22 @@ fn main() -> anyhow::Result<()> {
         return result.with_context(|| format!("cannot read the WAL in {}", dir.display()));
     }
 
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level).with_context(|| {
+    // rustls warns about every client that sends an IP address as SNI (mosquitto_pub -h
+    // 127.0.0.1 does): quiet unless asked for by a directive.
+    let directive = if config.log_level.contains('=') {
+        config.log_level.clone()
+    } else {
+        format!("{},rustls=error", config.log_level)
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directive).with_context(|| {
         format!("invalid --log-level {:?}: use error, warn, info, debug or trace", config.log_level)
     })?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => logs.with_ansi(ansi).init(),
+        LogFormat::Json => logs.json().init(),
+    }
 
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
@@ -134,12 +174,12 @@ fn main() -> anyhow::Result<()> {
     let signals = promptmq::signals::block().context("cannot block signals")?;
     let running = promptmq::server::start(config).with_context(|| format!("cannot start the broker on {bind}"))?;
     #[cfg(unix)]
-    handle_signals(signals, running.stopper())?;
+    handle_signals(signals, running.control())?;
     tracing::info!(
         "promptmq {} listening on {} (runtime {}, {} cores, data {})",
         promptmq::VERSION_STRING,
         running.local_addr,
-        runtime_description(),
+        promptmq::server::runtime_description(),
         running.cores,
         data_dir
     );
@@ -154,7 +194,7 @@ const STOP_BOUND: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// SIGTERM/SIGINT: a graceful stop (a second one exits at once); SIGHUP: reload.
 #[cfg(unix)]
-fn handle_signals(signals: promptmq::signals::Signals, stopper: promptmq::server::Stopper) -> anyhow::Result<()> {
+fn handle_signals(signals: promptmq::signals::Signals, control: promptmq::server::Control) -> anyhow::Result<()> {
     use promptmq::signals::Request;
     std::thread::Builder::new()
         .name("promptmq-signals".into())
@@ -169,14 +209,22 @@ fn handle_signals(signals: promptmq::signals::Signals, stopper: promptmq::server
                     Ok(Request::Stop(name)) => {
                         tracing::info!("{name}: stopping (closing connections, syncing the logs)");
                         stopping = true;
-                        stopper.stop();
+                        control.stop();
                         std::thread::spawn(|| {
                             std::thread::sleep(STOP_BOUND);
                             tracing::error!("graceful stop took longer than {STOP_BOUND:?}: exiting");
                             std::process::exit(1);
                         });
                     }
-                    Ok(Request::Reload) => tracing::info!("SIGHUP: nothing to reload (no password, ACL or TLS files)"),
+                    Ok(Request::Reload) => match control.reload() {
+                        Ok(done) if done.is_empty() => tracing::info!("SIGHUP: nothing to reload"),
+                        Ok(done) => tracing::info!("SIGHUP: reloaded {}", done.join(", ")),
+                        Err(errors) => {
+                            for e in errors {
+                                tracing::error!("SIGHUP: reload failed, previous version kept: {e}");
+                            }
+                        }
+                    },
                     Err(e) => {
                         tracing::error!(error = %e, "cannot wait for signals");
                         return;

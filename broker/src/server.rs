@@ -19,7 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,10 +31,13 @@ pub(crate) use promptmq_runtime_tokio as rt;
 #[cfg(all(target_os = "linux", feature = "uring", not(feature = "tokio")))]
 pub(crate) use promptmq_runtime_uring as rt;
 
+use crate::access::{Access, AccessError};
 use crate::config::{AcceptMode, Config, WalSyncMode};
 use crate::core::{shard_of, RetentionPins};
 use crate::core::{Action, Core, CoreMsg};
+use crate::listeners::{self, ListenerKind, Transports};
 use crate::message::SharedMessage;
+use crate::metrics::{BrokerInfo, Metrics};
 use crate::persist::WallClock;
 use crate::registry::Registry;
 use crate::session::ConnId;
@@ -73,7 +76,17 @@ struct Shared {
     rings: Vec<ArrayQueue<CoreMsg>>,
     wakeups: Vec<rt::Wakeup>,
     /// Sockets accepted by core 0 for the other cores (accept mode `handoff`).
-    handoff: Vec<ArrayQueue<std::net::TcpStream>>,
+    handoff: Vec<ArrayQueue<(std::net::TcpStream, ListenerKind)>>,
+    /// TLS and WebSocket settings for new connections.
+    transports: Transports,
+    /// Login and ACL checks (`None`: nothing restricted).
+    access: Option<Arc<Access>>,
+    metrics: Arc<Metrics>,
+    /// Per core: milliseconds since `started` at its last tick (the health check's sign
+    /// of life), and whether its log reports failures.
+    heartbeats: Vec<AtomicU64>,
+    wal_failing: Vec<AtomicBool>,
+    started: Instant,
     nonce: u64,
     clock: WallClock,
     pins: Arc<RetentionPins>,
@@ -96,7 +109,9 @@ pub struct Running {
     pub local_addr: SocketAddr,
     pub cores: usize,
     thread: std::thread::JoinHandle<io::Result<()>>,
-    stopper: Stopper,
+    control: Control,
+    /// Every listener and the address it is bound to (port 0 resolved).
+    pub listeners: Vec<(ListenerKind, SocketAddr)>,
     _lock: Option<DirLock>,
 }
 
@@ -107,25 +122,32 @@ pub enum StartError {
     Listen { addr: SocketAddr, source: io::Error },
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error("TLS: {0}")]
+    Tls(#[from] promptmq_transport::TlsConfigError),
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    #[error("{0}")]
+    Config(String),
     #[error("cannot start the core threads: {0}")]
     Threads(io::Error),
 }
 
 /// What each core thread is handed at startup.
 struct CoreStart {
-    listener: Option<std::net::TcpListener>,
+    listeners: Vec<(ListenerKind, std::net::TcpListener)>,
     journal: Option<WalJournal>,
     retained: Vec<SharedMessage>,
     sessions: Vec<(Session, Instant)>,
 }
 
-/// Stops a running broker gracefully (SIGTERM, SIGINT): see [`shut_down`].
+/// Controls a running broker from outside its cores (the signal thread).
 #[derive(Clone)]
-pub struct Stopper {
+pub struct Control {
     shared: Arc<Shared>,
 }
 
-impl Stopper {
+impl Control {
+    /// Stops the broker gracefully (SIGTERM, SIGINT): see [`shut_down`].
     pub fn stop(&self) {
         if !self.shared.stopping.swap(true, Ordering::AcqRel) {
             for wakeup in &self.shared.wakeups {
@@ -133,12 +155,36 @@ impl Stopper {
             }
         }
     }
+
+    /// Reloads the password file, the ACL file and the TLS certificate (SIGHUP). Each one
+    /// that fails to load keeps its previous version; the errors are returned. Returns what
+    /// was reloaded.
+    pub fn reload(&self) -> Result<Vec<&'static str>, Vec<String>> {
+        let mut done = Vec::new();
+        let mut errors = Vec::new();
+        if let Some(access) = &self.shared.access {
+            match access.reload() {
+                Ok(()) => done.push("password and ACL files"),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        match self.shared.transports.reload() {
+            Ok(true) => done.push("TLS certificate"),
+            Ok(false) => {}
+            Err(e) => errors.push(format!("TLS: {e}")),
+        }
+        if errors.is_empty() {
+            Ok(done)
+        } else {
+            Err(errors)
+        }
+    }
 }
 
 impl Running {
-    /// A handle that stops the broker; [`Running::wait`] then returns.
-    pub fn stopper(&self) -> Stopper {
-        self.stopper.clone()
+    /// A handle that stops (then [`Running::wait`] returns) or reloads the broker.
+    pub fn control(&self) -> Control {
+        self.control.clone()
     }
 
     /// Blocks until the broker stops.
@@ -151,17 +197,29 @@ impl Running {
 /// so bind errors are reported to the caller.
 pub fn start(config: Config) -> Result<Running, StartError> {
     let cores = config.effective_cores();
-    // Bind every core's socket here: port 0 is resolved once and shared, and a bind error
-    // stops startup before any thread runs.
-    let listen_err = |source| StartError::Listen { addr: config.bind, source };
-    let mut listeners = Vec::with_capacity(cores);
-    let first = rt::Listener::bind_std(config.bind).map_err(listen_err)?;
-    let local_addr = first.local_addr().map_err(listen_err)?;
-    listeners.push(Some(first));
-    let reuseport = config.accept_mode == AcceptMode::Reuseport && rt::reuseport_supported();
-    for _ in 1..cores {
-        listeners.push(if reuseport { Some(rt::Listener::bind_std(local_addr).map_err(listen_err)?) } else { None });
+    if config.tls_cert.is_none() && config.tls_bind.is_some() {
+        return Err(StartError::Config("server.tls-bind needs server.tls-cert and server.tls-key".into()));
     }
+    let transports = Transports::from_config(&config)?;
+    let access = Access::from_config(&config)?;
+    // Bind every core's sockets here: port 0 is resolved once and shared, and a bind error
+    // stops startup before any thread runs. Without SO_REUSEPORT core 0 holds them all.
+    let reuseport = config.accept_mode == AcceptMode::Reuseport && rt::reuseport_supported();
+    let mut per_core: Vec<Vec<(ListenerKind, std::net::TcpListener)>> = (0..cores).map(|_| Vec::new()).collect();
+    let mut bound = Vec::new();
+    for (kind, addr) in listeners::configured(&config) {
+        let listen_err = |source| StartError::Listen { addr, source };
+        let first = rt::Listener::bind_std(addr).map_err(listen_err)?;
+        let local = first.local_addr().map_err(listen_err)?;
+        per_core[0].push((kind, first));
+        if reuseport {
+            for listeners in per_core.iter_mut().skip(1) {
+                listeners.push((kind, rt::Listener::bind_std(local).map_err(listen_err)?));
+            }
+        }
+        bound.push((kind, local));
+    }
+    let local_addr = bound[0].1;
     let now = Instant::now();
     let unix_ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
@@ -182,6 +240,12 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         rings: (0..cores * cores).map(|_| ArrayQueue::new(RING_CAPACITY)).collect(),
         wakeups: (0..cores).map(|_| rt::Wakeup::new()).collect(),
         handoff: (0..if reuseport { 0 } else { cores }).map(|_| ArrayQueue::new(1024)).collect(),
+        transports,
+        access,
+        metrics: Arc::new(Metrics::new(cores)),
+        heartbeats: (0..cores).map(|_| AtomicU64::new(0)).collect(),
+        wal_failing: (0..cores).map(|_| AtomicBool::new(false)).collect(),
+        started: now,
         nonce,
         clock,
         pins: Arc::new(RetentionPins::new(cores)),
@@ -189,15 +253,20 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         stopping: AtomicBool::new(false),
         closed_cores: AtomicUsize::new(0),
     });
-    let stopper = Stopper { shared: Arc::clone(&shared) };
-    let mut starts: Vec<CoreStart> = listeners
+    let control = Control { shared: Arc::clone(&shared) };
+    let mut starts: Vec<CoreStart> = per_core
         .into_iter()
-        .map(|listener| CoreStart { listener, journal: None, retained: Vec::new(), sessions: Vec::new() })
+        .map(|listeners| CoreStart { listeners, journal: None, retained: Vec::new(), sessions: Vec::new() })
         .collect();
     if let Some(recovered) = recovered {
         for (index, log) in recovered.logs.into_iter().enumerate() {
             let wakeup = shared.wakeups[index].clone();
-            starts[index].journal = Some(WalJournal::start(log, &shared.config, move |_| wakeup.ring())?);
+            let metrics = Arc::clone(&shared.metrics);
+            starts[index].journal = Some(WalJournal::start(log, &shared.config, move |synced| {
+                metrics.wal(index).record_sync(synced.sync_time);
+                metrics.wal(index).record_durable_latency(synced.oldest_wait);
+                wakeup.ring();
+            })?);
         }
         for msg in recovered.retained {
             starts[shard_of(&msg.topic, cores)].retained.push(msg);
@@ -212,6 +281,9 @@ pub fn start(config: Config) -> Result<Running, StartError> {
             starts[core].sessions.push((session, gone));
         }
     }
+    if shared.config.metrics_enabled {
+        start_metrics(&shared)?;
+    }
     let starts: Arc<Vec<std::sync::Mutex<Option<CoreStart>>>> =
         Arc::new(starts.into_iter().map(|s| std::sync::Mutex::new(Some(s))).collect());
     let thread = std::thread::Builder::new()
@@ -223,8 +295,66 @@ pub fn start(config: Config) -> Result<Running, StartError> {
             })
         })
         .map_err(StartError::Threads)?;
-    Ok(Running { local_addr, cores, thread, stopper, _lock: lock })
+    Ok(Running { local_addr, cores, thread, control, listeners: bound, _lock: lock })
 }
+
+/// The runtime for the startup line and the metrics: `io_uring`, or `epoll (io_uring
+/// refused: EPERM)` and the like (which driver each core got, and why), or `tokio`. On
+/// io_uring it waits until every core has built its ring.
+#[cfg(all(target_os = "linux", feature = "uring", not(feature = "tokio")))]
+pub fn runtime_description() -> String {
+    promptmq_runtime_uring::driver_description()
+}
+
+#[cfg(not(all(target_os = "linux", feature = "uring", not(feature = "tokio"))))]
+pub fn runtime_description() -> String {
+    promptmq_runtime_tokio::RUNTIME_NAME.to_string()
+}
+
+/// The `/metrics` and `/health` endpoint, on its own thread.
+fn start_metrics(shared: &Arc<Shared>) -> Result<(), StartError> {
+    let addr = shared.config.metrics_bind;
+    let listener = std::net::TcpListener::bind(addr).map_err(|source| StartError::Listen { addr, source })?;
+    let for_info = Arc::clone(shared);
+    let info = Arc::new(move || BrokerInfo {
+        version: crate::VERSION_STRING.to_string(),
+        runtime: runtime_description(),
+        uptime_seconds: for_info.started.elapsed().as_secs_f64(),
+        max_connections: None,
+    });
+    let for_health = Arc::clone(shared);
+    let health = Arc::new(move || health(&for_health));
+    let path = shared.config.metrics_path.clone();
+    crate::metrics::serve(listener, path, Arc::clone(&shared.metrics), info, health)
+        .map_err(|source| StartError::Listen { addr, source })?;
+    Ok(())
+}
+
+/// Healthy while not stopping, every core ticks (so it runs its accept loops and rings),
+/// and every log can be written.
+fn health(shared: &Shared) -> Result<(), String> {
+    if shared.stopping.load(Ordering::Acquire) {
+        return Err("stopping".into());
+    }
+    let now_ms = shared.started.elapsed().as_millis() as u64;
+    for (core, beat) in shared.heartbeats.iter().enumerate() {
+        let last = beat.load(Ordering::Acquire);
+        if now_ms.saturating_sub(last) > HEALTH_STALL_MS && now_ms > HEALTH_STALL_MS {
+            return Err(format!("core {core} has not run for {} ms", now_ms - last));
+        }
+    }
+    for (shard, failing) in shared.wal_failing.iter().enumerate() {
+        if failing.load(Ordering::Acquire) {
+            return Err(format!("the log of shard {shard} cannot be written (see the broker log)"));
+        }
+    }
+    Ok(())
+}
+
+/// A core that has not ticked for this long is reported unhealthy.
+const HEALTH_STALL_MS: u64 = 5_000;
+/// How often a core refreshes the gauges that walk all its sessions.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
 struct ConnIo {
     queue: RefCell<Vec<Bytes>>,
@@ -237,6 +367,8 @@ struct ConnIo {
     /// Rung by the writer after each write, for a reader waiting on a full write queue.
     drained: rt::LocalSignal,
     closer: rt::Closer,
+    /// TLS and/or WebSocket between the socket and MQTT (`None`: plain MQTT).
+    transport: Option<RefCell<Box<promptmq_transport::Transport>>>,
 }
 
 struct Driver {
@@ -260,8 +392,11 @@ async fn run_core(index: usize, shared: Arc<Shared>, start: Option<CoreStart>) {
     let config = Arc::clone(&shared.config);
     let mut core =
         Core::new(index, shared.cores, Arc::clone(&config), Arc::clone(&shared.registry), shared.nonce, shared.clock);
-    let CoreStart { listener, journal, retained, sessions } =
-        start.unwrap_or(CoreStart { listener: None, journal: None, retained: Vec::new(), sessions: Vec::new() });
+    let CoreStart { listeners, journal, retained, sessions } =
+        start.unwrap_or(CoreStart { listeners: Vec::new(), journal: None, retained: Vec::new(), sessions: Vec::new() });
+    if let Some(access) = &shared.access {
+        core.set_access(Arc::clone(access));
+    }
     if let Some(journal) = journal {
         core.set_journal(Box::new(journal), config.wal_sync_mode == WalSyncMode::Immediate, Arc::clone(&shared.pins));
     }
@@ -286,11 +421,12 @@ async fn run_core(index: usize, shared: Arc<Shared>, start: Option<CoreStart>) {
     });
     rt::spawn_local(drain_inbox(Rc::clone(&driver)));
     rt::spawn_local(tick(Rc::clone(&driver)));
-    match listener.map(rt::Listener::from_std) {
-        Some(Ok(listener)) => rt::spawn_local(accept_loop(Rc::clone(&driver), listener)),
-        Some(Err(e)) => tracing::error!(core = index, error = %e, "listener setup failed"),
-        // No listener of its own (no SO_REUSEPORT): this core serves as a shard only.
-        None => {}
+    // Without listeners of its own (no SO_REUSEPORT) a core serves handed-over connections.
+    for (kind, listener) in listeners {
+        match rt::Listener::from_std(listener) {
+            Ok(listener) => rt::spawn_local(accept_loop(Rc::clone(&driver), listener, kind)),
+            Err(e) => tracing::error!(core = index, listener = kind.name(), error = %e, "listener setup failed"),
+        }
     }
     // Returning ends the core's runtime, and with it every task still on it.
     driver.stopped.wait().await;
@@ -329,7 +465,7 @@ async fn shut_down(driver: Rc<Driver>) {
     driver.stopped.signal();
 }
 
-async fn accept_loop(driver: Rc<Driver>, listener: rt::Listener) {
+async fn accept_loop(driver: Rc<Driver>, listener: rt::Listener, kind: ListenerKind) {
     let shared = Arc::clone(&driver.shared);
     let mut next = 0usize;
     loop {
@@ -338,16 +474,16 @@ async fn accept_loop(driver: Rc<Driver>, listener: rt::Listener) {
             Ok(_) if driver.stopping.get() => return,
             Ok((stream, _peer)) => {
                 if shared.handoff.is_empty() {
-                    serve(&driver, stream);
+                    serve(&driver, stream, kind);
                     continue;
                 }
                 // Hand-off mode: spread connections over the cores round-robin.
                 next = (next + 1) % shared.cores;
                 if next == driver.id {
-                    serve(&driver, stream);
+                    serve(&driver, stream, kind);
                     continue;
                 }
-                match stream.into_std().map(|s| shared.handoff[next].push(s)) {
+                match stream.into_std().map(|s| shared.handoff[next].push((s, kind))) {
                     Ok(Ok(())) => shared.wakeups[next].ring(),
                     Ok(Err(_full)) => tracing::warn!(core = next, "hand-off queue full, connection dropped"),
                     Err(e) => tracing::warn!(error = %e, "could not hand a connection over"),
@@ -363,7 +499,7 @@ async fn accept_loop(driver: Rc<Driver>, listener: rt::Listener) {
 }
 
 /// Starts the reader and writer tasks of a new connection on this core.
-fn serve(driver: &Rc<Driver>, stream: rt::Stream) {
+fn serve(driver: &Rc<Driver>, stream: rt::Stream, kind: ListenerKind) {
     let id = driver.core.borrow_mut().on_accept(Instant::now());
     tracing::debug!(core = driver.id, conn = id, "connection accepted");
     let (r, w, closer) = match stream.into_split() {
@@ -383,6 +519,7 @@ fn serve(driver: &Rc<Driver>, stream: rt::Stream) {
         writer_done: Cell::new(false),
         drained: rt::LocalSignal::default(),
         closer,
+        transport: driver.shared.transports.for_kind(kind).map(RefCell::new),
     });
     driver.conns.borrow_mut().insert(id, Rc::clone(&io));
     rt::spawn_local(read_loop(Rc::clone(driver), id, r, Rc::clone(&io)));
@@ -393,6 +530,8 @@ async fn read_loop(driver: Rc<Driver>, id: ConnId, mut r: rt::ReadHalf, io: Rc<C
     // Starts empty and is dropped whenever fully consumed, so an idle connection holds no
     // read buffer (the runtime allocates one when data arrives, where it can).
     let mut buf = BytesMut::new();
+    // MQTT bytes decoded by a transport layer, when there is one.
+    let mut app = BytesMut::new();
     loop {
         let (res, b) = r.read(buf).await;
         buf = b;
@@ -404,10 +543,36 @@ async fn read_loop(driver: Rc<Driver>, id: ConnId, mut r: rt::ReadHalf, io: Rc<C
             }
             // Closed by the broker: discard what the client still sends while lingering.
             Ok(_) if io.closing.get() => buf.clear(),
-            Ok(_) => {
-                driver.core.borrow_mut().on_bytes(id, &mut buf, Instant::now());
-                driver.dispatch();
-            }
+            Ok(_) => match &io.transport {
+                None => {
+                    driver.core.borrow_mut().on_bytes(id, &mut buf, Instant::now());
+                    driver.dispatch();
+                }
+                Some(transport) => {
+                    let (res, ended, wants_write) = {
+                        let mut t = transport.borrow_mut();
+                        let res = t.receive(&mut buf, &mut app);
+                        (res, t.is_closed(), t.wants_write())
+                    };
+                    if !app.is_empty() {
+                        driver.core.borrow_mut().on_bytes(id, &mut app, Instant::now());
+                    }
+                    if let Err(e) = &res {
+                        tracing::debug!(core = driver.id, conn = id, error = %e, "transport error");
+                    }
+                    if res.is_err() || ended {
+                        // The writer sends the layer's last words (alert, close frame).
+                        driver.core.borrow_mut().on_closed(id, Instant::now());
+                    }
+                    driver.dispatch();
+                    if wants_write {
+                        io.signal.signal();
+                    }
+                    if app.is_empty() && app.capacity() > 0 {
+                        app = BytesMut::new();
+                    }
+                }
+            },
         }
         if buf.is_empty() && buf.capacity() > 0 {
             buf = BytesMut::new();
@@ -429,8 +594,9 @@ async fn read_loop(driver: Rc<Driver>, id: ConnId, mut r: rt::ReadHalf, io: Rc<C
 async fn write_loop(driver: Rc<Driver>, id: ConnId, mut w: rt::WriteHalf, io: Rc<ConnIo>) {
     let mut spare = Vec::new();
     loop {
-        let chunks = std::mem::replace(&mut *io.queue.borrow_mut(), spare);
-        if chunks.is_empty() {
+        let mut chunks = std::mem::replace(&mut *io.queue.borrow_mut(), spare);
+        let layer_pending = io.transport.as_ref().is_some_and(|t| t.borrow().wants_write());
+        if chunks.is_empty() && !layer_pending {
             spare = chunks;
             if io.closing.get() {
                 break;
@@ -438,7 +604,15 @@ async fn write_loop(driver: Rc<Driver>, id: ConnId, mut w: rt::WriteHalf, io: Rc
             io.signal.wait().await;
             continue;
         }
+        // `n` counts MQTT bytes (what the core accounts), not what a layer adds.
         let n: usize = chunks.iter().map(Bytes::len).sum();
+        if let Some(transport) = &io.transport {
+            let mut wire = Vec::new();
+            if transport.borrow_mut().send(&mut chunks, &mut wire).is_err() {
+                tracing::debug!(core = driver.id, conn = id, "transport refused to send");
+            }
+            chunks = wire;
+        }
         let (res, emptied) = w.write_all(chunks).await;
         spare = emptied;
         driver.core.borrow_mut().on_written(id, n);
@@ -447,6 +621,13 @@ async fn write_loop(driver: Rc<Driver>, id: ConnId, mut w: rt::WriteHalf, io: Rc
             driver.core.borrow_mut().on_closed(id, Instant::now());
             driver.dispatch();
             break;
+        }
+    }
+    if let Some(transport) = &io.transport {
+        // WebSocket close frame, TLS close_notify.
+        let mut wire = Vec::new();
+        if transport.borrow_mut().close(&mut wire).is_ok() && !wire.is_empty() {
+            let _ = w.write_all(wire).await;
         }
     }
     if !io.reader_done.get() && w.shutdown_write().is_ok() {
@@ -473,9 +654,9 @@ async fn drain_inbox(driver: Rc<Driver>) {
         // The WAL writer rings this wakeup too, when records became durable.
         driver.core.borrow_mut().on_durable(Instant::now());
         if let Some(handoff) = shared.handoff.get(me) {
-            while let Some(socket) = handoff.pop() {
+            while let Some((socket, kind)) = handoff.pop() {
                 match rt::Stream::from_std(socket) {
-                    Ok(stream) => serve(&driver, stream),
+                    Ok(stream) => serve(&driver, stream, kind),
                     Err(e) => tracing::warn!(core = me, error = %e, "could not adopt a handed-over connection"),
                 }
             }
@@ -493,9 +674,21 @@ async fn drain_inbox(driver: Rc<Driver>) {
 }
 
 async fn tick(driver: Rc<Driver>) {
+    let mut next_gauges = Instant::now();
+    let mut next_sys = Instant::now() + Duration::from_secs(1);
     loop {
         rt::sleep(TICK).await;
-        driver.core.borrow_mut().on_tick(Instant::now());
+        let now = Instant::now();
+        driver.core.borrow_mut().on_tick(now);
+        driver.publish_metrics(now >= next_gauges);
+        if now >= next_gauges {
+            next_gauges = now + GAUGE_INTERVAL;
+        }
+        let sys_interval = driver.shared.config.sys_interval;
+        if driver.id == 0 && sys_interval > 0 && now >= next_sys {
+            driver.publish_sys(now);
+            next_sys = now + Duration::from_secs(sys_interval);
+        }
         driver.dispatch();
         driver.retry_overflow();
         driver.update_congestion();
@@ -503,6 +696,65 @@ async fn tick(driver: Rc<Driver>) {
 }
 
 impl Driver {
+    /// Copies this core's counters into the shared metrics (it is their only writer), and
+    /// with `gauges` the sizes that take a walk over the sessions.
+    fn publish_metrics(&self, gauges: bool) {
+        let shared = &self.shared;
+        let m = shared.metrics.core(self.id);
+        let core = self.core.borrow();
+        let s = &core.stats;
+        m.connections_accepted.set(s.connections_accepted);
+        m.connections_closed.set(s.connections_accepted.saturating_sub(core.connection_count() as u64));
+        m.auth_failures.set(s.auth_failures);
+        m.acl_denied_publish.set(s.acl_denied_publish);
+        m.acl_denied_subscribe.set(s.acl_denied_subscribe);
+        m.acl_denied_read.set(s.acl_denied_read);
+        for qos in 0..3 {
+            m.messages_received[qos].set(s.messages_in_by_qos[qos]);
+            m.messages_sent[qos].set(s.messages_out_by_qos[qos]);
+        }
+        m.bytes_received.set(s.bytes_in);
+        m.bytes_sent.set(s.bytes_out);
+        m.dropped_queue_full.set(s.dropped_queue_full);
+        m.dropped_offline_qos0.set(s.dropped_offline_qos0);
+        m.dropped_slow_qos0.set(s.dropped_slow_qos0);
+        m.dropped_too_large.set(s.dropped_too_large);
+        m.dropped_expired.set(s.dropped_expired);
+        m.dropped_stale_session.set(s.dropped_stale_session);
+        m.journal_rejected.set(s.journal_rejected);
+        m.journal_failed_acks.set(s.journal_failed_acks);
+        m.ring_overflows.set(s.ring_overflows);
+        if gauges {
+            m.set_gauges(&core.gauges());
+        }
+        shared.wal_failing[self.id].store(core.journal_failing(), Ordering::Release);
+        shared.heartbeats[self.id].store(shared.started.elapsed().as_millis() as u64, Ordering::Release);
+    }
+
+    /// The `$SYS/broker/...` topics, with mosquitto's names, summed over every core.
+    fn publish_sys(&self, now: Instant) {
+        let m = &self.shared.metrics;
+        let received: u64 = m.cores().iter().map(|c| c.messages_received_total()).sum();
+        let sent: u64 = m.cores().iter().map(|c| c.messages_sent_total()).sum();
+        let figures = [
+            ("$SYS/broker/version", format!("promptmq {}", crate::VERSION_STRING)),
+            ("$SYS/broker/uptime", format!("{} seconds", self.shared.started.elapsed().as_secs())),
+            ("$SYS/broker/clients/connected", m.sum_gauge(|c| &c.connections).to_string()),
+            ("$SYS/broker/clients/total", m.sum_gauge(|c| &c.sessions).to_string()),
+            ("$SYS/broker/messages/received", received.to_string()),
+            ("$SYS/broker/messages/sent", sent.to_string()),
+            ("$SYS/broker/bytes/received", m.sum_counter(|c| &c.bytes_received).to_string()),
+            ("$SYS/broker/bytes/sent", m.sum_counter(|c| &c.bytes_sent).to_string()),
+            ("$SYS/broker/subscriptions/count", m.sum_gauge(|c| &c.subscriptions).to_string()),
+            ("$SYS/broker/retained messages/count", m.sum_gauge(|c| &c.retained_messages).to_string()),
+            ("$SYS/broker/store/messages/count", m.sum_gauge(|c| &c.queued_messages).to_string()),
+        ];
+        let mut core = self.core.borrow_mut();
+        for (topic, value) in figures {
+            core.publish_system(topic, value, now);
+        }
+    }
+
     /// Takes up to a batch from every ring into this core and carries out the result;
     /// returns how many messages it took.
     fn drain_rings(&self) -> usize {

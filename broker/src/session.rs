@@ -9,6 +9,7 @@
 //! resume [MQTT-4.4.0-1].
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -17,6 +18,7 @@ use crate::codec::{self, Ack, Packet, ProtocolVersion, Publish, QoS, Subscriptio
 use crate::config::DropPolicy;
 use crate::message::SharedMessage;
 use crate::stats::Stats;
+use promptmq_auth::ClientAcl;
 
 /// How long a connection may take to send its CONNECT.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -92,6 +94,9 @@ pub struct Session {
     pub persisted: bool,
     /// Progress not yet checkpointed.
     pub progress_dirty: bool,
+    /// What the client may read, as of its last CONNECT (`None`: no ACL file, or restored
+    /// from the log and not reconnected yet).
+    pub acl: Option<Arc<ClientAcl>>,
 }
 
 impl Session {
@@ -117,6 +122,7 @@ impl Session {
             seen: HashMap::new(),
             persisted: false,
             progress_dirty: false,
+            acl: None,
         }
     }
 
@@ -220,6 +226,8 @@ pub struct Conn {
     pub will: Option<Will>,
     pub server_keep_alive: Option<u16>,
     pub assigned_client_id: bool,
+    /// What this client may publish and subscribe to (`None`: no ACL file).
+    pub acl: Option<Arc<ClientAcl>>,
 }
 
 impl Conn {
@@ -245,6 +253,7 @@ impl Conn {
             will: None,
             server_keep_alive: None,
             assigned_client_id: false,
+            acl: None,
         }
     }
 
@@ -524,6 +533,7 @@ fn send_publish(
                 w.push(conn, chunk);
             }
             stats.messages_out += 1;
+            stats.messages_out_by_qos[out.qos as usize] += 1;
             return true;
         }
     }
@@ -548,5 +558,6 @@ fn send_publish(
         *w.cache.get(out, conn.version, now) = Some(chunks);
     }
     stats.messages_out += 1;
+    stats.messages_out_by_qos[out.qos as usize] += 1;
     true
 }

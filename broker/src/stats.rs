@@ -6,6 +6,13 @@ pub struct Stats {
     pub connections_accepted: u64,
     pub messages_in: u64,
     pub messages_out: u64,
+    /// PUBLISHes received, by QoS.
+    pub messages_in_by_qos: [u64; 3],
+    /// PUBLISHes sent, by QoS.
+    pub messages_out_by_qos: [u64; 3],
+    /// MQTT bytes decoded from clients and written to them.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
     /// A session queue was full; its oldest message was dropped.
     pub dropped_queue_full: u64,
     /// QoS 0 message for a session without a connection.
@@ -23,6 +30,14 @@ pub struct Stats {
     /// Acknowledgements failed because the log reported an error before the record was
     /// durable.
     pub journal_failed_acks: u64,
+    /// CONNECTs refused for their credentials (or for sending none).
+    pub auth_failures: u64,
+    /// Publishes the ACL refused (dropped; MQTT 5 QoS 1/2 answered with 0x87).
+    pub acl_denied_publish: u64,
+    /// Subscriptions the ACL refused (SUBACK failure).
+    pub acl_denied_subscribe: u64,
+    /// Messages not delivered because the ACL denies the subscriber reading the topic.
+    pub acl_denied_read: u64,
     /// A cross-core ring was full and the message waited in the sender's overflow queue.
     pub ring_overflows: u64,
 }

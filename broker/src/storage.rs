@@ -300,7 +300,7 @@ impl WalJournal {
     pub fn start(
         log: Log,
         config: &Config,
-        on_durable: impl Fn(u64) + Send + 'static,
+        on_durable: impl Fn(promptmq_wal::writer::Synced) + Send + 'static,
     ) -> Result<WalJournal, StorageError> {
         let writer =
             WalWriter::start(log, sync_mode(config), 64 * 1024, promptmq_wal::writer::system_clock_ms, on_durable)

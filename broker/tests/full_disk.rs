@@ -54,10 +54,13 @@ async fn a_full_disk_fails_publishes_honestly_and_recovers_when_space_returns() 
     let Some(mount) = LoopMount::new(16) else { return };
     let data = mount.dir.join("data");
     std::fs::create_dir_all(&data).expect("data dir");
+    let metrics_port = free_port();
+    let metrics_bind = format!("127.0.0.1:{metrics_port}");
     let broker = BrokerOpts::new()
         .cores(2)
         .data_dir(&data)
         .extra_args(&["--wal-segment-size", "1048576", "--wal-sync-mode", "immediate"])
+        .extra_args(&["--metrics-enabled", "true", "--metrics-bind", &metrics_bind])
         .start()
         .await;
     let mut by = Bystander::connect(broker.port(), "fulldisk").await;
@@ -82,6 +85,17 @@ async fn a_full_disk_fails_publishes_honestly_and_recovers_when_space_returns() 
     assert_eq!(failed_with, Some(0x80), "an unwritable log fails the PUBACK (Unspecified error)");
     eprintln!("the log failed after {pkid} publishes of 32 KiB");
     by.check().await; // QoS 0 traffic and other clients are unaffected
+                      // The health check says so (cores copy the log's state every 50 ms).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (status, body) = loop {
+        let (status, body) = http_get(metrics_port, "/health");
+        if status != 200 || Instant::now() > deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, 503, "/health while the log cannot be written: {body}");
+    assert!(body.contains("cannot be written"), "{body}");
 
     // Space returns: publishing succeeds again, without a restart.
     std::fs::remove_file(&ballast).expect("remove ballast");
@@ -94,6 +108,11 @@ async fn a_full_disk_fails_publishes_honestly_and_recovers_when_space_returns() 
         }
         assert!(Instant::now() < deadline, "still failing after space returned");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while http_get(metrics_port, "/health").0 != 200 {
+        assert!(Instant::now() < deadline, "/health still failing after the log recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(broker);
 }

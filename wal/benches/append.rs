@@ -34,7 +34,8 @@ fn run(name: &'static str, mode: SyncMode, records: usize, rate: Option<f64>) ->
         mode,
         64 * 1024,
         || 0,
-        move |durable| {
+        move |synced: promptmq_wal::writer::Synced| {
+            let durable = synced.seq;
             let now = start.elapsed().as_nanos() as u64;
             let from = l.swap(durable, Ordering::AcqRel) + 1;
             let mut h = h.lock().unwrap_or_else(|p| p.into_inner());

@@ -32,6 +32,20 @@ pub enum SyncMode {
     None,
 }
 
+/// What a sync made durable, for the `on_durable` callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Synced {
+    /// Every record up to this sequence number is durable.
+    pub seq: u64,
+    /// Records this sync covered.
+    pub records: usize,
+    /// How long the write and fdatasync took.
+    pub sync_time: Duration,
+    /// From the append of the oldest record it covered to durable: the longest a record of
+    /// this group waited.
+    pub oldest_wait: Duration,
+}
+
 /// A record waiting for the writer thread.
 struct Entry {
     timestamp_ms: u64,
@@ -70,14 +84,14 @@ pub fn system_clock_ms() -> u64 {
 }
 
 impl WalWriter {
-    /// Starts the thread. `capacity` bounds the queue; `on_durable(seq)` is called from the
+    /// Starts the thread. `capacity` bounds the queue; `on_durable(synced)` is called from the
     /// writer thread each time the durable mark advances.
     pub fn start(
         log: Log,
         mode: SyncMode,
         capacity: usize,
         clock: Clock,
-        on_durable: impl Fn(u64) + Send + 'static,
+        on_durable: impl Fn(Synced) + Send + 'static,
     ) -> std::io::Result<WalWriter> {
         let shared = Arc::new(Shared {
             queue: ArrayQueue::new(capacity.max(1)),
@@ -173,7 +187,7 @@ impl Drop for WalWriter {
     }
 }
 
-fn run(mut log: Log, mode: SyncMode, clock: Clock, shared: Arc<Shared>, on_durable: impl Fn(u64)) -> Log {
+fn run(mut log: Log, mode: SyncMode, clock: Clock, shared: Arc<Shared>, on_durable: impl Fn(Synced)) -> Log {
     // Entries taken off the queue but not yet appended (an append failed, e.g. full disk):
     // they keep their order and are retried, so sequence numbers stay what the producer was
     // told.
@@ -234,8 +248,16 @@ fn run(mut log: Log, mode: SyncMode, clock: Clock, shared: Arc<Shared>, on_durab
                 SyncMode::None => false,
             };
         if due || (failing && pending.is_empty() && unsynced_records > 0) {
+            let started = Instant::now();
             match log.sync() {
                 Ok(durable) => {
+                    let done = Instant::now();
+                    let synced = Synced {
+                        seq: durable,
+                        records: unsynced_records,
+                        sync_time: done.duration_since(started),
+                        oldest_wait: first_unsynced.map_or(Duration::ZERO, |t| done.duration_since(t)),
+                    };
                     unsynced_records = 0;
                     unsynced_bytes = 0;
                     first_unsynced = None;
@@ -245,7 +267,7 @@ fn run(mut log: Log, mode: SyncMode, clock: Clock, shared: Arc<Shared>, on_durab
                         report(&shared, None);
                     }
                     shared.durable.store(durable, Ordering::Release);
-                    on_durable(durable);
+                    on_durable(synced);
                 }
                 Err(err) => {
                     report(&shared, Some(err.to_string()));
@@ -254,9 +276,16 @@ fn run(mut log: Log, mode: SyncMode, clock: Clock, shared: Arc<Shared>, on_durab
             }
         }
         if shared.stop.load(Ordering::Acquire) && shared.queue.is_empty() && (pending.is_empty() || failing) {
+            let started = Instant::now();
             if unsynced_records > 0 && log.sync().is_ok() {
                 shared.durable.store(log.durable_seq(), Ordering::Release);
-                on_durable(log.durable_seq());
+                let done = Instant::now();
+                on_durable(Synced {
+                    seq: log.durable_seq(),
+                    records: unsynced_records,
+                    sync_time: done.duration_since(started),
+                    oldest_wait: first_unsynced.map_or(Duration::ZERO, |t| done.duration_since(t)),
+                });
             }
             return log;
         }

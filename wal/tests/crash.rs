@@ -30,11 +30,18 @@ fn child_writer() {
     let (log, _) = Log::open(&PathBuf::from(dir), 0, options(), system_clock_ms(), |_| {}).expect("child open");
     let mut next = log.next_seq();
     let out = std::sync::Mutex::new(std::io::stdout());
-    let mut w = WalWriter::start(log, SyncMode::Immediate, 4096, system_clock_ms, move |durable| {
-        let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = writeln!(o, "durable {durable}");
-        let _ = o.flush();
-    })
+    let mut w = WalWriter::start(
+        log,
+        SyncMode::Immediate,
+        4096,
+        system_clock_ms,
+        move |synced: promptmq_wal::writer::Synced| {
+            let durable = synced.seq;
+            let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = writeln!(o, "durable {durable}");
+            let _ = o.flush();
+        },
+    )
     .expect("writer");
     loop {
         match w.append(system_clock_ms(), 0, payload(next)) {

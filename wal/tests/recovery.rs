@@ -220,8 +220,8 @@ fn writer_thread_immediate_mode_reports_durability_after_sync() {
         SyncMode::Immediate,
         1024,
         || 1_000,
-        move |seq| {
-            let _ = tx.send(seq);
+        move |synced: promptmq_wal::writer::Synced| {
+            let _ = tx.send(synced.seq);
         },
     )
     .expect("start");

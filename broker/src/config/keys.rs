@@ -19,6 +19,14 @@ const fn key(name: &'static str, arg: &'static str) -> Key {
 /// Every key, grouped by section (`config show` prints them in this order).
 pub const KEYS: &[Key] = &[
     key("server.bind", "bind"),
+    key("server.tls-bind", "tls_bind"),
+    key("server.tls-cert", "tls_cert"),
+    key("server.tls-key", "tls_key"),
+    key("server.tls-ca", "tls_ca"),
+    key("server.tls-min-version", "tls_min_version"),
+    key("server.ws-bind", "ws_bind"),
+    key("server.wss-bind", "wss_bind"),
+    key("server.ws-path", "ws_path"),
     key("server.cores", "cores"),
     key("server.accept-mode", "accept_mode"),
     key("mqtt.max-keep-alive", "max_keep_alive"),
@@ -28,6 +36,7 @@ pub const KEYS: &[Key] = &[
     key("mqtt.queue-drop-policy", "queue_drop_policy"),
     key("mqtt.topic-alias-maximum", "topic_alias_maximum"),
     key("mqtt.max-write-buffer", "max_write_buffer"),
+    key("mqtt.sys-interval", "sys_interval"),
     key("storage.data-dir", "data_dir"),
     key("storage.wal.enabled", "wal_enabled"),
     key("storage.wal.sync-mode", "wal_sync_mode"),
@@ -36,9 +45,17 @@ pub const KEYS: &[Key] = &[
     key("storage.wal.segment-size", "wal_segment_size"),
     key("storage.retention.max-message-age", "retention_max_message_age"),
     key("storage.retention.max-size", "retention_max_size"),
+    key("auth.allow-anonymous", "allow_anonymous"),
+    key("auth.password-file", "password_file"),
+    key("auth.acl-file", "acl_file"),
+    key("metrics.enabled", "metrics_enabled"),
+    key("metrics.bind", "metrics_bind"),
+    key("metrics.path", "metrics_path"),
     key("log.level", "log_level"),
+    key("log.format", "log_format"),
 ];
 
+/// Keys of one section must be adjacent (`config show` prints each section once).
 /// Flags that are not settings and so have no key.
 pub const NOT_KEYS: &[&str] = &["config_file"];
 

@@ -29,6 +29,55 @@ pub struct Config {
     #[arg(long, env = "PROMPTMQ_SERVER_BIND", default_value = "0.0.0.0:1883")]
     pub bind: SocketAddr,
 
+    /// MQTT over TLS. Defaults to 0.0.0.0:8883 when a certificate is configured
+    /// (`server.tls-cert` and `server.tls-key`).
+    #[arg(long, env = "PROMPTMQ_SERVER_TLS_BIND")]
+    pub tls_bind: Option<SocketAddr>,
+
+    /// Certificate chain (PEM) of the TLS and secure WebSocket listeners.
+    #[arg(long, env = "PROMPTMQ_SERVER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of `server.tls-cert`.
+    #[arg(long, env = "PROMPTMQ_SERVER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificates (PEM): when set, TLS clients must present a certificate signed by
+    /// one of them (mutual TLS).
+    #[arg(long, env = "PROMPTMQ_SERVER_TLS_CA", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Oldest TLS version accepted: 1.2 or 1.3.
+    #[arg(long, env = "PROMPTMQ_SERVER_TLS_MIN_VERSION", default_value = "1.2", value_parser = parse_tls_version)]
+    pub tls_min_version: String,
+
+    /// MQTT over WebSocket (subprotocol `mqtt`), e.g. 0.0.0.0:8080. Off unless set.
+    #[arg(long, env = "PROMPTMQ_SERVER_WS_BIND")]
+    pub ws_bind: Option<SocketAddr>,
+
+    /// MQTT over secure WebSocket (TLS with `server.tls-cert`), e.g. 0.0.0.0:8443.
+    #[arg(long, env = "PROMPTMQ_SERVER_WSS_BIND", requires = "tls_cert")]
+    pub wss_bind: Option<SocketAddr>,
+
+    /// The HTTP path WebSocket clients must request (e.g. `/mqtt`); any path when unset.
+    #[arg(long, env = "PROMPTMQ_SERVER_WS_PATH")]
+    pub ws_path: Option<String>,
+
+    /// Accept clients that send no username. With a password file, clients that do send
+    /// one must match it either way.
+    #[arg(long, env = "PROMPTMQ_AUTH_ALLOW_ANONYMOUS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub allow_anonymous: bool,
+
+    /// Password file in mosquitto's format (`user:hash`, hashes from `mosquitto_passwd` or
+    /// `promptmq passwd`). Reloaded on SIGHUP.
+    #[arg(long, env = "PROMPTMQ_AUTH_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+
+    /// ACL file in mosquitto's format (`user`, `topic`, `pattern` lines). Without one,
+    /// every client may publish and subscribe to everything. Reloaded on SIGHUP.
+    #[arg(long, env = "PROMPTMQ_AUTH_ACL_FILE")]
+    pub acl_file: Option<PathBuf>,
+
     /// Worker threads, one per core, each owning a shard of the topics (0 = number of CPUs).
     #[arg(long, env = "PROMPTMQ_SERVER_CORES", default_value_t = 0)]
     pub cores: usize,
@@ -81,6 +130,27 @@ pub struct Config {
     /// the cores round-robin). The default picks reuseport where the kernel balances it.
     #[arg(long, env = "PROMPTMQ_SERVER_ACCEPT_MODE", value_enum, default_value_t = AcceptMode::platform_default())]
     pub accept_mode: AcceptMode,
+
+    /// Serve Prometheus metrics and a health check over HTTP on `metrics.bind`.
+    #[arg(long, env = "PROMPTMQ_METRICS_ENABLED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub metrics_enabled: bool,
+
+    /// Address of the metrics endpoint (with `metrics.enabled`). `/health` is served there too:
+    /// 200 while every core is running and every log writable, else 503 with the reason.
+    #[arg(long, env = "PROMPTMQ_METRICS_BIND", default_value = "0.0.0.0:9090")]
+    pub metrics_bind: SocketAddr,
+
+    /// HTTP path of the Prometheus metrics.
+    #[arg(long, env = "PROMPTMQ_METRICS_PATH", default_value = "/metrics", value_parser = parse_http_path)]
+    pub metrics_path: String,
+
+    /// Seconds between updates of the `$SYS/broker/...` topics (0 = none).
+    #[arg(long, env = "PROMPTMQ_MQTT_SYS_INTERVAL", default_value_t = 10, value_parser = parse_age_secs)]
+    pub sys_interval: u64,
+
+    /// Log format: `text` for people, `json` (one object per line) for log collectors.
+    #[arg(long, env = "PROMPTMQ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// Log filter: error, warn, info, debug, trace (or a tracing EnvFilter directive).
     #[arg(long, env = "PROMPTMQ_LOG_LEVEL", default_value = "info")]
@@ -137,6 +207,21 @@ fn parse_segment_size(s: &str) -> Result<u64, String> {
     Ok(v)
 }
 
+fn parse_http_path(s: &str) -> Result<String, String> {
+    if s.starts_with('/') && !s.contains(char::is_whitespace) && s != "/health" {
+        Ok(s.to_string())
+    } else {
+        Err("expected a path starting with / (not /health, which is the health check)".to_string())
+    }
+}
+
+fn parse_tls_version(s: &str) -> Result<String, String> {
+    match s {
+        "1.2" | "1.3" => Ok(s.to_string()),
+        _ => Err("expected 1.2 or 1.3".to_string()),
+    }
+}
+
 fn parse_sync_interval(s: &str) -> Result<u64, String> {
     match units::parse_duration_ms(s, 1)? {
         v @ 1..=60_000 => Ok(v),
@@ -167,6 +252,12 @@ fn parse_write_buffer(s: &str) -> Result<usize, String> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DropPolicy {
     DropOldest,
     DropNewest,
@@ -189,6 +280,11 @@ impl AcceptMode {
 }
 
 impl Config {
+    /// The TLS listener's address: `tls_bind`, or 0.0.0.0:8883 when a certificate is set.
+    pub fn effective_tls_bind(&self) -> Option<SocketAddr> {
+        self.tls_bind.or_else(|| self.tls_cert.as_ref().map(|_| SocketAddr::from(([0, 0, 0, 0], 8883))))
+    }
+
     /// The number of cores to run: `cores`, or the number of CPUs when it is 0.
     pub fn effective_cores(&self) -> usize {
         if self.cores > 0 {

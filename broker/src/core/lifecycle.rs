@@ -43,6 +43,28 @@ impl Core {
             conn.assigned_client_id = v5;
         }
         conn.client_id = client_id.clone();
+        if let Some(checks) = self.access.clone() {
+            let username = c.username.as_deref();
+            if let Err(code) = checks.login(username, c.password.as_deref()) {
+                // Never the password.
+                tracing::warn!(
+                    client_id = %String::from_utf8_lossy(&client_id),
+                    username = %String::from_utf8_lossy(username.unwrap_or_default()),
+                    "login refused"
+                );
+                self.stats.auth_failures += 1;
+                return self.connack_refuse(id, code);
+            }
+            conn.acl = checks.client_acl(&client_id, username);
+            let will_denied = c
+                .will
+                .as_ref()
+                .is_some_and(|w| conn.acl.as_ref().is_some_and(|acl| !access::can_publish(acl, &w.topic)));
+            if will_denied {
+                self.stats.acl_denied_publish += 1;
+                return self.connack_refuse(id, reason::NOT_AUTHORIZED);
+            }
+        }
         let mut keep_alive = c.keep_alive;
         if v5 && keep_alive > max_keep_alive {
             keep_alive = max_keep_alive;
@@ -123,6 +145,7 @@ impl Core {
         session.expires_at = None;
         session.will = conn.will.take();
         session.will_due = None;
+        session.acl = conn.acl.clone();
         // Any heap entry for the session (possibly on another core's heap) is now stale.
         session.timer_at = None;
 

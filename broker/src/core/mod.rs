@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::access::{self, Access};
 use crate::codec::{
     self, reason, Ack, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS,
     SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
@@ -177,6 +178,9 @@ fn session_ref(s: &Session, core: usize) -> SessionRef {
     SessionRef { client_id: s.client_id.clone(), core, epoch: s.epoch, claim: s.claim }
 }
 
+/// Topics the broker publishes about itself; clients may not publish there.
+pub(crate) const SYS_PREFIX: &[u8] = b"$SYS/";
+
 /// Why a connection is being closed by the broker.
 struct CloseWith {
     /// DISCONNECT reason to send first (MQTT 5 only).
@@ -237,6 +241,8 @@ pub struct Core {
     pending_acks: VecDeque<(u64, PublishAck, u8)>,
     /// Wall clock for durable records.
     clock: WallClock,
+    /// Login and ACL checks; `None` when nothing is restricted.
+    access: Option<Arc<Access>>,
     /// When expired retained messages are next swept out.
     next_retained_sweep: Option<Instant>,
     /// When persistent sessions' progress is next logged.
@@ -311,14 +317,41 @@ impl Core {
             pending_cut: None,
             next_retention_check: None,
             clock,
+            access: None,
             stats: Stats::default(),
         }
+    }
+
+    /// Turns on login and ACL checks (see [`crate::access`]).
+    pub fn set_access(&mut self, access: Arc<Access>) {
+        self.access = Some(access);
     }
 
     /// Takes the actions produced so far.
     pub fn take_actions(&mut self, into: &mut Vec<Action>) {
         self.flush_writes();
         into.append(&mut self.actions);
+    }
+
+    /// The sizes the metrics report (walks every session: call it about once a second).
+    pub fn gauges(&self) -> crate::metrics::GaugeSnapshot {
+        let mut g = crate::metrics::GaugeSnapshot {
+            connections: self.conns.len() as u64,
+            sessions: self.sessions.len() as u64,
+            retained_messages: self.retained.len() as u64,
+            ..Default::default()
+        };
+        for s in self.sessions.values() {
+            g.inflight_messages += s.inflight.len() as u64;
+            g.queued_messages += s.queue.len() as u64;
+            g.subscriptions += s.subscriptions.len() as u64;
+        }
+        g
+    }
+
+    /// Whether this shard's log reports a failing write or sync (e.g. a full disk).
+    pub fn journal_failing(&self) -> bool {
+        self.journal.as_ref().is_some_and(|j| j.failing())
     }
 
     pub fn connection_count(&self) -> usize {
@@ -366,6 +399,7 @@ impl Core {
                     break;
                 }
             };
+            self.stats.bytes_in += frame.total_len as u64;
             let bytes = buf.split_to(frame.total_len).freeze();
             match codec::decode_packet(bytes, version) {
                 Ok(packet) => self.on_packet(id, packet, now),
@@ -394,6 +428,7 @@ impl Core {
 
     /// The writer wrote `n` bytes of this connection's queue.
     pub fn on_written(&mut self, id: ConnId, n: usize) {
+        self.stats.bytes_out += n as u64;
         if let Some(c) = self.conns.get_mut(&id) {
             c.pending_write = c.pending_write.saturating_sub(n);
         }

@@ -31,6 +31,10 @@ impl Core {
             // Only the server sets subscription identifiers [MQTT-3.3.4-6].
             return self.close(id, CloseWith { reason: Some(reason::PROTOCOL_ERROR), will: true }, now);
         }
+        // `$SYS/` is the broker's own (clients reading it must be able to trust it).
+        if topic.starts_with(SYS_PREFIX) || conn.acl.as_ref().is_some_and(|acl| !access::can_publish(acl, &topic)) {
+            return self.refuse_publish(id, p.qos, p.pkid);
+        }
         let client_id = conn.client_id.clone();
         let Some(session) = self.sessions.get_mut(&client_id) else { return };
         let qos = p.qos;
@@ -55,6 +59,7 @@ impl Core {
             }
         }
         self.stats.messages_in += 1;
+        self.stats.messages_in_by_qos[qos as usize] += 1;
         let mut msg = Message::from_publish(p, topic, client_id, now);
         if qos != QoS::AtMostOnce || msg.retain {
             // It may wait in queues or the retained store: own its bytes (one copy here,
@@ -65,6 +70,42 @@ impl Core {
         let ack = (qos != QoS::AtMostOnce).then_some(PublishAck { core: self.id, conn: id, pkid, qos });
         let shard = shard_of(&msg.topic, self.cores);
         self.send(shard, CoreMsg::Publish { msg, ack });
+    }
+
+    /// Publishes a broker figure as a retained QoS 0 message on `$SYS/...` (mosquitto's
+    /// names). Subscribers to `#` or `+/...` do not see it [MQTT-4.7.2-1].
+    pub fn publish_system(&mut self, topic: &str, value: String, now: Instant) {
+        let topic = Bytes::from(topic.to_string());
+        let mut p = Publish::new(topic.clone(), QoS::AtMostOnce, Bytes::from(value));
+        p.retain = true;
+        let msg = Arc::new(Message::from_publish(p, topic, Bytes::from_static(b"$broker"), now));
+        let shard = shard_of(&msg.topic, self.cores);
+        self.send(shard, CoreMsg::Publish { msg, ack: None });
+        self.run_local(now);
+    }
+
+    /// A publish the ACL refuses is dropped [MQTT-3.3.5-2]: QoS 0 silently, QoS 1/2 with
+    /// 0x87 Not authorized in MQTT 5. MQTT 3.1.1 has no way to say no, so it gets the usual
+    /// acknowledgement (as mosquitto does) and the message goes nowhere.
+    fn refuse_publish(&mut self, id: ConnId, qos: QoS, pkid: u16) {
+        self.stats.acl_denied_publish += 1;
+        let Some(conn) = self.conns.get(&id) else { return };
+        let v5 = conn.version.is_v5();
+        let code = if v5 { reason::NOT_AUTHORIZED } else { reason::SUCCESS };
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.write_packet(id, &Packet::PubAck(Ack::new(pkid, code))),
+            QoS::ExactlyOnce => {
+                if !v5 {
+                    // The exchange goes on to PUBREL/PUBCOMP.
+                    let client_id = conn.client_id.clone();
+                    if let Some(s) = self.sessions.get_mut(&client_id) {
+                        s.incoming_qos2.insert(pkid);
+                    }
+                }
+                self.write_packet(id, &Packet::PubRec(Ack::new(pkid, code)));
+            }
+        }
     }
 
     pub(super) fn on_publish_done(&mut self, id: ConnId, pkid: u16, qos: QoS, code: u8, now: Instant) {
@@ -147,7 +188,9 @@ impl Core {
     }
 
     pub(super) fn shard_publish(&mut self, msg: SharedMessage, ack: Option<PublishAck>, now: Instant) {
-        let logged = self.journal.is_some() && (msg.qos != QoS::AtMostOnce || msg.retain);
+        // `$SYS` figures are republished every interval: not history worth logging.
+        let logged =
+            self.journal.is_some() && (msg.qos != QoS::AtMostOnce || msg.retain) && !msg.topic.starts_with(SYS_PREFIX);
         if logged && self.journal_backlog.len() >= JOURNAL_BACKLOG_MAX {
             // The log cannot keep up (or is failing): refuse rather than grow without bound,
             // and do not deliver what the publisher is told was not taken.
@@ -241,6 +284,10 @@ impl Core {
 
     pub(super) fn offer(&mut self, client_id: &Bytes, out: Outgoing, now: Instant) {
         let Some(session) = self.sessions.get_mut(client_id) else { return };
+        if session.acl.as_ref().is_some_and(|acl| !access::can_read(acl, &out.msg.topic)) {
+            self.stats.acl_denied_read += 1;
+            return;
+        }
         let conn = session.conn.and_then(|id| self.conns.get_mut(&id));
         let mut w = Writer { out: &mut self.writes, scratch: &mut self.scratch, cache: &mut self.fanout };
         session::offer(session, conn, out, self.limits, now, &mut w, &mut self.stats);

@@ -28,6 +28,19 @@ impl Core {
                 keys.push(Bytes::new());
                 continue;
             }
+            let plain_filter = match shared {
+                Ok(Some((_group, inner))) => inner,
+                _ => &f.filter[..],
+            };
+            if conn.acl.as_ref().is_some_and(|acl| !access::can_subscribe(acl, plain_filter)) {
+                // 0x80 in both versions: the Eclipse Paho interoperability tests expect it,
+                // and it does not tell a prober which filters exist.
+                self.stats.acl_denied_subscribe += 1;
+                reasons.push(reason::UNSPECIFIED_ERROR);
+                filters.push((QoS::AtMostOnce, None));
+                keys.push(Bytes::new());
+                continue;
+            }
             if matches!(shared, Ok(Some(_))) && f.options.no_local {
                 // [MQTT-3.8.3-4]
                 return self.close(id, CloseWith { reason: Some(reason::PROTOCOL_ERROR), will: true }, now);

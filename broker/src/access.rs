@@ -1,0 +1,117 @@
+//! Who may connect and what they may do: `auth.allow-anonymous`, the password file and
+//! the ACL file (mosquitto's formats, read by `promptmq-auth`).
+//!
+//! One [`Access`] is shared by every core. The files are loaded at startup (an error stops
+//! the broker) and again on SIGHUP ([`Access::reload`]): a file that no longer loads keeps
+//! the previous version in force, and the error is logged. A connection's ACL is computed
+//! once at CONNECT; connections made before a reload keep the rules they connected under
+//! until they reconnect.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use promptmq_auth::{Acl, ClientAcl, ClientIdentity, PasswordFile};
+
+use crate::codec::reason;
+use crate::config::Config;
+
+/// Why the access files could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("auth.password-file: {0}")]
+    Passwords(#[from] promptmq_auth::PasswdError),
+    #[error("auth.acl-file: {0}")]
+    Acl(#[from] promptmq_auth::AclError),
+}
+
+pub struct Access {
+    allow_anonymous: bool,
+    password_file: Option<PathBuf>,
+    acl_file: Option<PathBuf>,
+    passwords: RwLock<Option<Arc<PasswordFile>>>,
+    acl: RwLock<Option<Arc<Acl>>>,
+}
+
+impl Access {
+    /// `None` when nothing is restricted (anonymous allowed, no files): the core then skips
+    /// every check.
+    pub fn from_config(config: &Config) -> Result<Option<Arc<Access>>, AccessError> {
+        if config.allow_anonymous && config.password_file.is_none() && config.acl_file.is_none() {
+            return Ok(None);
+        }
+        let access = Access {
+            allow_anonymous: config.allow_anonymous,
+            password_file: config.password_file.clone(),
+            acl_file: config.acl_file.clone(),
+            passwords: RwLock::new(None),
+            acl: RwLock::new(None),
+        };
+        access.load()?;
+        Ok(Some(Arc::new(access)))
+    }
+
+    fn load(&self) -> Result<(), AccessError> {
+        let passwords = match &self.password_file {
+            Some(path) => Some(Arc::new(PasswordFile::load(path)?)),
+            None => None,
+        };
+        let acl = match &self.acl_file {
+            Some(path) => {
+                let acl = Acl::load(path)?;
+                for warning in acl.warnings() {
+                    tracing::warn!(file = %path.display(), "{warning}");
+                }
+                Some(Arc::new(acl))
+            }
+            None => None,
+        };
+        // Both loaded: swap them in together.
+        *self.passwords.write().unwrap_or_else(|p| p.into_inner()) = passwords;
+        *self.acl.write().unwrap_or_else(|p| p.into_inner()) = acl;
+        Ok(())
+    }
+
+    /// Reloads the files (SIGHUP). On error the previous versions stay in force.
+    pub fn reload(&self) -> Result<(), AccessError> {
+        self.load()
+    }
+
+    /// Checks a CONNECT's credentials: `Ok` or the CONNACK reason code to refuse with
+    /// (0x86 Bad User Name or Password, 0x87 Not authorized; 3.1.1 gets 4 and 5).
+    pub fn login(&self, username: Option<&[u8]>, password: Option<&[u8]>) -> Result<(), u8> {
+        let passwords = self.passwords.read().unwrap_or_else(|p| p.into_inner()).clone();
+        match (username, passwords) {
+            (None, _) if self.allow_anonymous => Ok(()),
+            (None, _) => Err(reason::NOT_AUTHORIZED),
+            // A username without a password file to check it against: anonymous rules apply.
+            (Some(_), None) if self.allow_anonymous => Ok(()),
+            (Some(_), None) => Err(reason::BAD_USER_NAME_OR_PASSWORD),
+            (Some(user), Some(file)) => match std::str::from_utf8(user) {
+                Ok(user) if file.verify(user, password) => Ok(()),
+                _ => Err(reason::BAD_USER_NAME_OR_PASSWORD),
+            },
+        }
+    }
+
+    /// The ACL of a client that just logged in; `None` when there is no ACL file.
+    pub fn client_acl(&self, client_id: &[u8], username: Option<&[u8]>) -> Option<Arc<ClientAcl>> {
+        let acl = self.acl.read().unwrap_or_else(|p| p.into_inner()).clone()?;
+        let client_id = String::from_utf8_lossy(client_id);
+        let username = username.map(String::from_utf8_lossy);
+        Some(Arc::new(acl.for_client(&ClientIdentity::new(&client_id, username.as_deref()))))
+    }
+}
+
+/// ACL checks on MQTT byte strings (topics are validated UTF-8 before they get here; a
+/// name that is not is refused).
+pub fn can_publish(acl: &ClientAcl, topic: &[u8]) -> bool {
+    std::str::from_utf8(topic).is_ok_and(|t| acl.can_publish(t))
+}
+
+pub fn can_read(acl: &ClientAcl, topic: &[u8]) -> bool {
+    std::str::from_utf8(topic).is_ok_and(|t| acl.can_read(t))
+}
+
+pub fn can_subscribe(acl: &ClientAcl, filter: &[u8]) -> bool {
+    std::str::from_utf8(filter).is_ok_and(|f| acl.can_subscribe(f))
+}

@@ -1,0 +1,97 @@
+//! What an operator watches: Prometheus `/metrics` and `/health` over HTTP, the
+//! `$SYS/broker/...` topics, and JSON logs.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use mqttbytes::v5;
+
+/// The value of the sample `name` (with labels, exactly as rendered) in a scrape.
+fn sample(body: &str, name: &str) -> Option<f64> {
+    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_metrics_and_health_over_http() {
+    skip_on_mosquitto!("promptmq's metrics endpoint");
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let broker = BrokerOpts::new()
+        .extra_args(&["--metrics-enabled", "true", "--metrics-bind", &bind, "--metrics-path", "/prom"])
+        .start()
+        .await;
+    let (mut sub, _) = Raw::connect5_ok(broker.port(), connect5("m-sub", true)).await;
+    sub.sub5(1, "m/t", QoS::AtLeastOnce).await;
+    let (mut publ, _) = Raw::connect5_ok(broker.port(), connect5("m-pub", true)).await;
+    for i in 0..5u16 {
+        let mut p = v5::Publish::new("m/t", QoS::AtLeastOnce, "x");
+        p.pkid = i + 1;
+        assert_eq!(publ.publish5_complete(&p).await, 0);
+        sub.recv().await;
+    }
+    // Counters are copied every 50 ms, gauges every second.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let body = loop {
+        let (status, body) = http_get(port, "/prom");
+        assert_eq!(status, 200, "{body}");
+        if sample(&body, "promptmq_connections") == Some(2.0) || Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(sample(&body, "promptmq_messages_received_total{qos=\"1\"}"), Some(5.0), "{body}");
+    assert!(sample(&body, "promptmq_messages_sent_total{qos=\"1\"}") >= Some(5.0), "{body}");
+    assert_eq!(sample(&body, "promptmq_connections"), Some(2.0), "{body}");
+    assert_eq!(sample(&body, "promptmq_subscriptions"), Some(1.0), "{body}");
+    assert!(sample(&body, "promptmq_received_bytes_total") > Some(0.0), "{body}");
+    // Immediate mode: every QoS 1 publish was synced before its PUBACK.
+    let syncs: f64 = body
+        .lines()
+        .filter(|l| l.starts_with("promptmq_wal_sync_duration_seconds_count"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(syncs >= 1.0, "WAL sync histogram recorded nothing:\n{body}");
+    assert!(body.contains("promptmq_build_info{version=\""), "{body}");
+
+    assert_eq!(http_get(port, "/metrics").0, 404, "the path is --metrics-path");
+    assert_eq!(http_get(port, "/health"), (200, "ok\n".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sys_topics_report_the_broker_and_stay_out_of_wildcards() {
+    skip_on_mosquitto!("promptmq's --sys-interval");
+    let broker = BrokerOpts::new().extra_args(&["--sys-interval", "1"]).start().await;
+    let (mut all, _) = Raw::connect5_ok(broker.port(), connect5("sys-all", true)).await;
+    all.sub5(1, "#", QoS::AtMostOnce).await;
+    let (mut sys, _) = Raw::connect5_ok(broker.port(), connect5("sys-sub", true)).await;
+    sys.sub5(1, "$SYS/broker/clients/connected", QoS::AtMostOnce).await;
+    match sys.recv().await.v5() {
+        v5::Packet::Publish(p) => {
+            assert_eq!(p.topic, "$SYS/broker/clients/connected");
+            let n: u64 = String::from_utf8_lossy(&p.payload).parse().expect("a number");
+            assert!(n >= 1, "connected clients: {n}");
+        }
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+    // [MQTT-4.7.2-1]: `#` does not match topics beginning with `$`.
+    assert_eq!(all.read_frame(Duration::from_millis(1500)).await.err(), Some(ReadError::Timeout));
+    // Clients cannot write there.
+    let mut p = v5::Publish::new("$SYS/broker/clients/connected", QoS::AtLeastOnce, "999");
+    p.pkid = 7;
+    assert_eq!(all.publish5_complete(&p).await, 0x87);
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    skip_on_mosquitto!("promptmq's --log-format");
+    let broker = BrokerOpts::new().log_level("info").extra_args(&["--log-format", "json"]).start().await;
+    let text = broker.log_text();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.iter().any(|l| l.contains("listening on")), "{text}");
+    for line in lines {
+        assert!(line.starts_with('{') && line.ends_with('}'), "not a JSON object: {line}");
+        assert!(line.contains("\"level\":\"INFO\""), "{line}");
+    }
+}
