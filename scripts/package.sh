@@ -18,7 +18,7 @@
 #   promptmq_<Os>_<arch>/
 #     promptmq            (promptmq.exe on Windows)
 #     README.md  LICENSE  CHANGELOG.md
-#     examples/promptmq.env  examples/promptmq.service
+#     examples/promptmq.env  examples/promptmq.yaml  deploy/promptmq.service
 # .tar.gz everywhere except Windows (.zip). checksums.txt is SHA-256 in `sha256sum -c` format.
 #
 # Portable on purpose: it also runs under macOS's bash 3.2 and BSD tools, and Git Bash on Windows.
@@ -156,8 +156,9 @@ chmod 755 "$top/$exe"
 for f in README.md LICENSE CHANGELOG.md; do
   cp "$root/$f" "$top/$f"
 done
-for f in promptmq.env promptmq.service; do
-  cp "$root/examples/$f" "$top/examples/$f"
+mkdir -p "$top/deploy"
+for f in examples/promptmq.env examples/promptmq.yaml deploy/promptmq.service; do
+  cp "$root/$f" "$top/$f"
 done
 
 out="$dist/$base.$ext"

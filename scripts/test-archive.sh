@@ -63,7 +63,7 @@ case "$name" in
     ;;
 esac
 expected="$(printf '%s\n' "$base/$exe" "$base/README.md" "$base/LICENSE" "$base/CHANGELOG.md" \
-  "$base/examples/promptmq.env" "$base/examples/promptmq.service" | LC_ALL=C sort)"
+  "$base/examples/promptmq.env" "$base/examples/promptmq.yaml" "$base/deploy/promptmq.service" | LC_ALL=C sort)"
 actual="$(cd "$work" && find . -type f | sed 's|^\./||' | LC_ALL=C sort)"
 if [ "$actual" != "$expected" ]; then
   printf 'expected:\n%s\nfound:\n%s\n' "$expected" "$actual" >&2

@@ -62,6 +62,9 @@ const TICK: Duration = Duration::from_millis(50);
 /// socket. Closing at once would make the kernel answer the client's in-flight packets
 /// with a reset, which can destroy the DISCONNECT before the client has read it.
 const LINGER: Duration = Duration::from_secs(2);
+/// Connections over `mqtt.max-connections` still get a refusing CONNACK, up to this many
+/// more; beyond that they are closed at once.
+const LIMIT_GRACE: usize = 64;
 /// How long a stopping broker waits for the cores to exchange their last messages and for
 /// connections to flush, before it syncs the logs and exits anyway.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
@@ -87,6 +90,8 @@ struct Shared {
     heartbeats: Vec<AtomicU64>,
     wal_failing: Vec<AtomicBool>,
     started: Instant,
+    /// Open client connections over all cores (`mqtt.max-connections`).
+    active_conns: AtomicUsize,
     nonce: u64,
     clock: WallClock,
     pins: Arc<RetentionPins>,
@@ -246,6 +251,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         heartbeats: (0..cores).map(|_| AtomicU64::new(0)).collect(),
         wal_failing: (0..cores).map(|_| AtomicBool::new(false)).collect(),
         started: now,
+        active_conns: AtomicUsize::new(0),
         nonce,
         clock,
         pins: Arc::new(RetentionPins::new(cores)),
@@ -320,7 +326,7 @@ fn start_metrics(shared: &Arc<Shared>) -> Result<(), StartError> {
         version: crate::VERSION_STRING.to_string(),
         runtime: runtime_description(),
         uptime_seconds: for_info.started.elapsed().as_secs_f64(),
-        max_connections: None,
+        max_connections: (for_info.config.max_connections > 0).then_some(for_info.config.max_connections as u64),
     });
     let for_health = Arc::clone(shared);
     let health = Arc::new(move || health(&for_health));
@@ -369,6 +375,17 @@ struct ConnIo {
     closer: rt::Closer,
     /// TLS and/or WebSocket between the socket and MQTT (`None`: plain MQTT).
     transport: Option<RefCell<Box<promptmq_transport::Transport>>>,
+    /// Still counted in `Shared::active_conns` (released once, when the connection is
+    /// closed, not after its linger: a refused client must not hold a slot).
+    counted: Cell<bool>,
+}
+
+impl ConnIo {
+    fn release_slot(&self, shared: &Shared) {
+        if self.counted.replace(false) {
+            shared.active_conns.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 struct Driver {
@@ -500,12 +517,23 @@ async fn accept_loop(driver: Rc<Driver>, listener: rt::Listener, kind: ListenerK
 
 /// Starts the reader and writer tasks of a new connection on this core.
 fn serve(driver: &Rc<Driver>, stream: rt::Stream, kind: ListenerKind) {
+    let max = driver.shared.config.max_connections;
+    let active = driver.shared.active_conns.fetch_add(1, Ordering::AcqRel) + 1;
+    if max > 0 && active > max + LIMIT_GRACE {
+        // Far over the limit: not even a CONNACK (the socket is closed on drop).
+        driver.shared.active_conns.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
     let id = driver.core.borrow_mut().on_accept(Instant::now());
+    if max > 0 && active > max {
+        driver.core.borrow_mut().refuse_at_limit(id);
+    }
     tracing::debug!(core = driver.id, conn = id, "connection accepted");
     let (r, w, closer) = match stream.into_split() {
         Ok(parts) => parts,
         Err(e) => {
             tracing::warn!(core = driver.id, error = %e, "could not set up a connection");
+            driver.shared.active_conns.fetch_sub(1, Ordering::AcqRel);
             driver.core.borrow_mut().on_closed(id, Instant::now());
             driver.dispatch();
             return;
@@ -520,6 +548,7 @@ fn serve(driver: &Rc<Driver>, stream: rt::Stream, kind: ListenerKind) {
         drained: rt::LocalSignal::default(),
         closer,
         transport: driver.shared.transports.for_kind(kind).map(RefCell::new),
+        counted: Cell::new(true),
     });
     driver.conns.borrow_mut().insert(id, Rc::clone(&io));
     rt::spawn_local(read_loop(Rc::clone(driver), id, r, Rc::clone(&io)));
@@ -576,6 +605,19 @@ async fn read_loop(driver: Rc<Driver>, id: ConnId, mut r: rt::ReadHalf, io: Rc<C
         }
         if buf.is_empty() && buf.capacity() > 0 {
             buf = BytesMut::new();
+        }
+        // Over its publish rate: what was read waits, and nothing more is read until it
+        // has been handed over (TCP flow control then slows the client down).
+        loop {
+            let pause = driver.core.borrow_mut().read_pause(id, Instant::now());
+            let Some(pause) = pause else { break };
+            rt::sleep(pause).await;
+            let pending = if io.transport.is_some() { &mut app } else { &mut buf };
+            if pending.is_empty() || io.closing.get() {
+                break;
+            }
+            driver.core.borrow_mut().on_bytes(id, pending, Instant::now());
+            driver.dispatch();
         }
         // A client that sends but does not read (PINGREQs, QoS 1 publishes whose PUBACKs
         // pile up) is not read from while its write queue is over the limit.
@@ -641,6 +683,7 @@ async fn write_loop(driver: Rc<Driver>, id: ConnId, mut w: rt::WriteHalf, io: Rc
     io.writer_done.set(true);
     io.drained.signal();
     driver.conns.borrow_mut().remove(&id);
+    io.release_slot(&driver.shared);
 }
 
 async fn drain_inbox(driver: Rc<Driver>) {
@@ -706,6 +749,7 @@ impl Driver {
         m.connections_accepted.set(s.connections_accepted);
         m.connections_closed.set(s.connections_accepted.saturating_sub(core.connection_count() as u64));
         m.auth_failures.set(s.auth_failures);
+        m.connections_refused_limit.set(s.refused_at_limit);
         m.acl_denied_publish.set(s.acl_denied_publish);
         m.acl_denied_subscribe.set(s.acl_denied_subscribe);
         m.acl_denied_read.set(s.acl_denied_read);
@@ -799,6 +843,7 @@ impl Driver {
                     Action::Close(id) => {
                         if let Some(io) = conns.get(&id) {
                             if !io.closing.replace(true) {
+                                io.release_slot(&self.shared);
                                 // A writer blocked on a peer that stopped reading would never
                                 // see the close: end the socket after the linger time.
                                 let io = Rc::clone(io);

@@ -228,6 +228,11 @@ pub struct Conn {
     pub assigned_client_id: bool,
     /// What this client may publish and subscribe to (`None`: no ACL file).
     pub acl: Option<Arc<ClientAcl>>,
+    /// Set when the connection limit was reached at accept: the CONNECT is refused so.
+    pub refuse_with: Option<u8>,
+    /// Publish rate limit: tokens left (negative: debt) as of `rate_at`.
+    pub rate_tokens: f64,
+    pub rate_at: Instant,
 }
 
 impl Conn {
@@ -254,7 +259,21 @@ impl Conn {
             server_keep_alive: None,
             assigned_client_id: false,
             acl: None,
+            refuse_with: None,
+            // A full bucket (capped at one second of publishes on first use).
+            rate_tokens: f64::INFINITY,
+            rate_at: now,
         }
+    }
+
+    /// The publish-rate bucket (`rate` tokens a second, holding one second's worth) brought
+    /// up to `now`; returns how long until it is out of debt, if it is in debt.
+    pub fn rate_refill(&mut self, rate: u32, now: Instant) -> Option<Duration> {
+        let rate = f64::from(rate);
+        let refill = now.saturating_duration_since(self.rate_at).as_secs_f64() * rate;
+        self.rate_tokens = (self.rate_tokens + refill).min(rate);
+        self.rate_at = now;
+        (self.rate_tokens < 0.0).then(|| Duration::from_secs_f64(-self.rate_tokens / rate))
     }
 
     /// When the keep-alive runs out: 1.5 times the interval after the last packet

@@ -30,6 +30,10 @@ pub struct Stats {
     /// Acknowledgements failed because the log reported an error before the record was
     /// durable.
     pub journal_failed_acks: u64,
+    /// CONNECTs refused because the connection limit was reached.
+    pub refused_at_limit: u64,
+    /// Times a client's reading was paused for going over its publish rate.
+    pub rate_limited: u64,
     /// CONNECTs refused for their credentials (or for sending none).
     pub auth_failures: u64,
     /// Publishes the ACL refused (dropped; MQTT 5 QoS 1/2 answered with 0x87).

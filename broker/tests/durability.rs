@@ -71,6 +71,21 @@ async fn publish_until_timed(
     acked
 }
 
+/// One crash cycle: 700 ms of retained QoS 1 load from sequence number `seq`, `kill -9`,
+/// restart. Returns every acknowledgement, when the kill happened, and what survived.
+async fn load_then_kill(
+    broker: &mut Broker,
+    id: &str,
+    topics: usize,
+    seq: u64,
+) -> (HashMap<String, Vec<(u64, Instant)>>, Instant, HashMap<String, u64>) {
+    let acked = publish_until_timed(broker.port(), id, topics, seq, Instant::now() + Duration::from_millis(700)).await;
+    let killed_at = Instant::now();
+    broker.crash_and_restart().await;
+    let retained = retained_now(broker.port(), topics).await;
+    (acked, killed_at, retained)
+}
+
 /// Reads the retained message of every `dur/` topic: topic -> sequence number.
 async fn retained_now(port: u16, topics: usize) -> HashMap<String, u64> {
     let mut sub = Client4::connect(port, "dur-reader", true).await;
@@ -307,18 +322,8 @@ async fn periodic_mode_loses_at_most_its_interval_on_kill_9() {
     let mut lost_total = 0;
     let mut acked_total = 0;
     for cycle in 0..3 {
-        let acked = publish_until_timed(
-            broker.port(),
-            &format!("per-{cycle}"),
-            topics,
-            seq,
-            Instant::now() + Duration::from_millis(700),
-        )
-        .await;
-        let killed_at = Instant::now();
-        broker.crash_and_restart().await;
+        let (acked, killed_at, retained) = load_then_kill(&mut broker, &format!("per-{cycle}"), topics, seq).await;
         seq += 1_000_000;
-        let retained = retained_now(broker.port(), topics).await;
         for (topic, acks) in &acked {
             let kept = retained.get(topic).copied().unwrap_or(0);
             acked_total += acks.len();
@@ -385,18 +390,8 @@ async fn batch_mode_loses_at_most_its_batch_on_kill_9() {
     let mut seq = 1;
     let (mut lost_total, mut acked_total) = (0, 0);
     for cycle in 0..4 {
-        let acked = publish_until_timed(
-            broker.port(),
-            &format!("bat-{cycle}"),
-            topics,
-            seq,
-            Instant::now() + Duration::from_millis(700),
-        )
-        .await;
-        let killed_at = Instant::now();
-        broker.crash_and_restart().await;
+        let (acked, killed_at, retained) = load_then_kill(&mut broker, &format!("bat-{cycle}"), topics, seq).await;
         seq += 1_000_000;
-        let retained = retained_now(broker.port(), topics).await;
         let during_last_sync =
             acked.values().flatten().filter(|(_, at)| killed_at.duration_since(*at) <= sync_slack).count();
         // Each topic's retained value is its newest surviving sequence number; every

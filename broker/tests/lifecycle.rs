@@ -1,6 +1,7 @@
 //! Stopping the broker: SIGTERM and SIGINT close connections (MQTT 5 clients are told
 //! DISCONNECT 0x8B, Server shutting down), sync the logs and exit 0 within a bound; under
 //! QoS 1 load no acknowledged message is lost across the stop and the restart.
+#![cfg(unix)] // signals
 
 mod common;
 

@@ -87,7 +87,15 @@ async fn sys_topics_report_the_broker_and_stay_out_of_wildcards() {
 async fn json_logs_are_one_object_per_line() {
     skip_on_mosquitto!("promptmq's --log-format");
     let broker = BrokerOpts::new().log_level("info").extra_args(&["--log-format", "json"]).start().await;
-    let text = broker.log_text();
+    // The startup line may come just after the port opens.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = broker.log_text();
+        if text.contains("listening on") || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(lines.iter().any(|l| l.contains("listening on")), "{text}");
     for line in lines {

@@ -161,6 +161,31 @@ pub struct Config {
     #[arg(long, env = "PROMPTMQ_MQTT_MAX_KEEP_ALIVE", default_value_t = 65535, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_keep_alive: u16,
 
+    /// Highest QoS the broker takes: announced as Maximum QoS (5.0); subscriptions are
+    /// granted at most this; a PUBLISH above it closes the connection (5.0: 0x9B).
+    #[arg(long, env = "PROMPTMQ_MQTT_MAX_QOS", default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub max_qos: u8,
+
+    /// Whether retained messages are kept. `false`: announced as Retain Available 0 (5.0),
+    /// a retained PUBLISH closes a 5.0 connection (0x9A), a 3.1.1 one is delivered unretained.
+    #[arg(long, env = "PROMPTMQ_MQTT_RETAIN_AVAILABLE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub retain_available: bool,
+
+    /// Keep-alive imposed, in seconds, on MQTT 5 clients that ask for none (0): they are told
+    /// it as Server Keep Alive. 0 lets them go without.
+    #[arg(long, env = "PROMPTMQ_MQTT_KEEP_ALIVE", default_value_t = 0)]
+    pub keep_alive: u16,
+
+    /// Most client connections at once, over all listeners (0 = no limit). Beyond it a
+    /// CONNECT is refused (5.0: 0x97 Quota exceeded; 3.1.1: 3 Server unavailable).
+    #[arg(long, env = "PROMPTMQ_MQTT_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// PUBLISH packets per second one client may send (0 = no limit). A faster client is
+    /// not disconnected: the broker reads from it more slowly.
+    #[arg(long, env = "PROMPTMQ_MQTT_MAX_PUBLISH_RATE", default_value_t = 0)]
+    pub max_publish_rate: u32,
+
     /// Largest MQTT packet accepted, in bytes (announced as Maximum Packet Size in 5.0);
     /// larger packets close the connection with reason 0x95.
     #[arg(long, env = "PROMPTMQ_MQTT_MAX_PACKET_SIZE", default_value_t = 1024 * 1024, value_parser = parse_packet_size)]

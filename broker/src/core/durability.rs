@@ -180,6 +180,19 @@ impl Core {
         self.send(home, CoreMsg::Persist { body });
     }
 
+    /// Logs the progress of every persistent session that made some since its last snapshot.
+    pub(super) fn checkpoint_sessions(&mut self, now: Instant) {
+        let dirty: Vec<Bytes> = self
+            .sessions
+            .values()
+            .filter(|s| s.progress_dirty && s.is_persistent())
+            .map(|s| s.client_id.clone())
+            .collect();
+        for client_id in dirty {
+            self.persist_session(&client_id, now);
+        }
+    }
+
     /// Records where, in a shard's log, a new subscription starts (see
     /// [`StoredSubscription::since`]).
     pub(super) fn record_since(&mut self, req_id: u64, filter_index: usize, shard: usize, head: u64) {

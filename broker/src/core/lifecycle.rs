@@ -19,6 +19,29 @@ impl Core {
         let Some(conn) = self.conns.get_mut(&id) else { return };
         conn.version = c.protocol;
         let v5 = c.protocol.is_v5();
+        if let Some(code) = conn.refuse_with {
+            self.stats.refused_at_limit += 1;
+            return self.connack_refuse(id, code);
+        }
+        let (max_qos, retain_available) = (self.config.max_qos, self.config.retain_available);
+        let mut c = c;
+        if let Some(w) = &mut c.will {
+            if w.qos as u8 > max_qos {
+                if v5 {
+                    // A will above the Maximum QoS (MQTT 5, 3.2.2.3.4).
+                    return self.connack_refuse(id, reason::QOS_NOT_SUPPORTED);
+                }
+                w.qos = QoS::from_u8(max_qos).unwrap_or(QoS::AtMostOnce);
+            }
+            if w.retain && !retain_available {
+                if v5 {
+                    // A retained will without Retain Available (MQTT 5, 3.2.2.3.5).
+                    return self.connack_refuse(id, reason::RETAIN_NOT_SUPPORTED);
+                }
+                w.retain = false;
+            }
+        }
+        let Some(conn) = self.conns.get_mut(&id) else { return };
         if v5 && c.properties.authentication_method.is_some() {
             // Enhanced authentication is not supported: say so [MQTT-4.12.0-1].
             self.connack_refuse(id, reason::BAD_AUTHENTICATION_METHOD);
@@ -69,6 +92,12 @@ impl Core {
         if v5 && keep_alive > max_keep_alive {
             keep_alive = max_keep_alive;
             conn.server_keep_alive = Some(max_keep_alive);
+        }
+        let imposed = self.config.keep_alive.min(max_keep_alive);
+        if v5 && keep_alive == 0 && imposed > 0 {
+            // The Server Keep Alive replaces the client's value (MQTT 5, 3.2.2.3.14).
+            keep_alive = imposed;
+            conn.server_keep_alive = Some(imposed);
         }
         conn.keep_alive = Duration::from_secs(u64::from(keep_alive));
         conn.clean_start = c.clean_start;
@@ -156,6 +185,8 @@ impl Core {
             props.topic_alias_maximum =
                 (self.config.topic_alias_maximum > 0).then_some(self.config.topic_alias_maximum);
             props.server_keep_alive = conn.server_keep_alive;
+            props.maximum_qos = (self.config.max_qos < 2).then_some(self.config.max_qos);
+            props.retain_available = (!self.config.retain_available).then_some(0);
             if conn.assigned_client_id {
                 props.assigned_client_identifier = Some(conn.client_id.clone());
             }
@@ -338,15 +369,7 @@ impl Core {
         for id in ids {
             self.close(id, CloseWith { reason: Some(reason::SERVER_SHUTTING_DOWN), will: true }, now);
         }
-        let dirty: Vec<Bytes> = self
-            .sessions
-            .values()
-            .filter(|s| s.progress_dirty && s.is_persistent())
-            .map(|s| s.client_id.clone())
-            .collect();
-        for client_id in dirty {
-            self.persist_session(&client_id, now);
-        }
+        self.checkpoint_sessions(now);
         self.run_local(now);
     }
 

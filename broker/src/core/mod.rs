@@ -366,6 +366,24 @@ impl Core {
         self.retained.len()
     }
 
+    /// The connection limit was reached when `id` was accepted: its CONNECT is answered
+    /// with a refusal (5.0: 0x97 Quota exceeded; 3.1.1: Server unavailable).
+    pub fn refuse_at_limit(&mut self, id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.refuse_with = Some(reason::QUOTA_EXCEEDED);
+        }
+    }
+
+    /// How long to stop reading from a connection over its publish rate (see
+    /// `mqtt.max-publish-rate`): until its token debt is paid back.
+    pub fn read_pause(&mut self, id: ConnId, now: Instant) -> Option<Duration> {
+        let rate = self.config.max_publish_rate;
+        if rate == 0 {
+            return None;
+        }
+        self.conns.get_mut(&id)?.rate_refill(rate, now)
+    }
+
     /// A connection was accepted on this core.
     pub fn on_accept(&mut self, now: Instant) -> ConnId {
         let id = self.next_conn;
@@ -380,11 +398,16 @@ impl Core {
     /// leaving a partial one in place.
     pub fn on_bytes(&mut self, id: ConnId, buf: &mut BytesMut, now: Instant) {
         let max = self.config.max_packet_size as usize;
+        let rate = self.config.max_publish_rate;
         loop {
             let Some(conn) = self.conns.get_mut(&id) else {
                 buf.clear();
                 break;
             };
+            if rate > 0 && conn.rate_refill(rate, now).is_some() {
+                // Over its publish rate: the rest waits in the buffer (see `read_pause`).
+                break;
+            }
             conn.last_seen = now;
             let version = match conn.phase {
                 Phase::AwaitingConnect => None,
@@ -451,15 +474,7 @@ impl Core {
         if self.next_checkpoint.is_none_or(|t| t <= now) {
             // Log the progress of persistent sessions, so that after a crash fewer
             // acknowledged messages are delivered again.
-            let dirty: Vec<Bytes> = self
-                .sessions
-                .values()
-                .filter(|s| s.progress_dirty && s.is_persistent())
-                .map(|s| s.client_id.clone())
-                .collect();
-            for client_id in dirty {
-                self.persist_session(&client_id, now);
-            }
+            self.checkpoint_sessions(now);
             self.publish_pins();
             self.next_checkpoint = Some(now + CHECKPOINT);
         }

@@ -5,10 +5,31 @@
 use super::*;
 
 impl Core {
-    pub(super) fn on_publish(&mut self, id: ConnId, p: Publish, now: Instant) {
+    pub(super) fn on_publish(&mut self, id: ConnId, mut p: Publish, now: Instant) {
         let alias_max = self.config.topic_alias_maximum;
         let max_inflight = usize::from(self.config.max_inflight);
+        let (max_qos, retain_available, rate) =
+            (self.config.max_qos, self.config.retain_available, self.config.max_publish_rate);
         let Some(conn) = self.conns.get_mut(&id) else { return };
+        if p.qos as u8 > max_qos {
+            // Above the Maximum QoS the broker announced (MQTT 5, 3.2.2.3.4).
+            return self.close(id, CloseWith { reason: Some(reason::QOS_NOT_SUPPORTED), will: true }, now);
+        }
+        if p.retain && !retain_available {
+            if conn.version.is_v5() {
+                // Retain Available was 0 (MQTT 5, 3.2.2.3.5).
+                return self.close(id, CloseWith { reason: Some(reason::RETAIN_NOT_SUPPORTED), will: true }, now);
+            }
+            p.retain = false;
+        }
+        if rate > 0 {
+            // The reader stops handing over packets while the bucket is in debt (on_bytes).
+            conn.rate_refill(rate, now);
+            conn.rate_tokens -= 1.0;
+            if conn.rate_tokens < 0.0 {
+                self.stats.rate_limited += 1;
+            }
+        }
         // Topic alias (client to server) [MQTT-3.3.2-7..12].
         let topic = match p.properties.topic_alias {
             Some(alias) if alias == 0 || alias > alias_max => {

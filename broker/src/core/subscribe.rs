@@ -4,7 +4,14 @@
 use super::*;
 
 impl Core {
-    pub(super) fn on_subscribe(&mut self, id: ConnId, s: Subscribe, now: Instant) {
+    pub(super) fn on_subscribe(&mut self, id: ConnId, mut s: Subscribe, now: Instant) {
+        // Granted at most the broker's Maximum QoS (MQTT 5, 3.2.2.3.4); the SUBACK says so.
+        let max_qos = QoS::from_u8(self.config.max_qos).unwrap_or(QoS::AtMostOnce);
+        for f in &mut s.filters {
+            if f.options.qos > max_qos {
+                f.options.qos = max_qos;
+            }
+        }
         let Some(conn) = self.conns.get(&id) else { return };
         let v5 = conn.version.is_v5();
         let client_id = conn.client_id.clone();

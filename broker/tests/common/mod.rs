@@ -271,6 +271,7 @@ impl Broker {
     }
 
     /// Sends a signal (e.g. `libc::SIGTERM`) to the broker process.
+    #[cfg(unix)]
     pub fn signal(&self, sig: i32) {
         let pid = i32::try_from(self.child.id()).expect("pid fits in i32");
         // SAFETY: kill(2) with a pid we spawned and a valid signal number.

@@ -1,0 +1,118 @@
+//! The MQTT limits an operator sets: Maximum QoS, Retain Available, an imposed keep-alive,
+//! the connection limit and the per-client publish rate. Each is read back from the broker
+//! as a client sees it.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use mqttbytes::{v4, v5};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_qos_is_announced_granted_and_enforced() {
+    skip_on_mosquitto!("promptmq's --max-qos");
+    let broker = BrokerOpts::new().extra_args(&["--max-qos", "1"]).start().await;
+    let (mut c, ack) = Raw::connect5_ok(broker.port(), connect5("mq", true)).await;
+    // Maximum QoS in CONNACK (MQTT 5, 3.2.2.3.4).
+    assert_eq!(ack.properties.and_then(|p| p.max_qos), Some(1));
+    // A QoS 2 subscription is granted QoS 1 [MQTT-3.9.3-1].
+    let a = c.subscribe5(1, vec![filter5("mq/t", QoS::ExactlyOnce)], None).await;
+    assert_eq!(a.return_codes, vec![granted5(QoS::AtLeastOnce)]);
+    // A QoS 2 PUBLISH above the announced maximum: DISCONNECT 0x9B QoS not supported.
+    c.publish5(&publish5("mq/t", QoS::ExactlyOnce, 1, false, b"x")).await;
+    assert_eq!(c.recv().await.disconnect_reason(), Some(0x9B));
+    // A will above it: CONNACK 0x9B.
+    let mut w = connect5("mq-will", true);
+    w.last_will = Some(v5::LastWill::new("mq/will", "bye", QoS::ExactlyOnce, false));
+    let (_r, ack) = Raw::connect5(broker.port(), w).await;
+    assert_eq!(ack.code as u8, 0x9B);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retain_unavailable_is_announced_and_enforced() {
+    skip_on_mosquitto!("promptmq's --retain-available");
+    let broker = BrokerOpts::new().extra_args(&["--retain-available", "false"]).start().await;
+    let (mut c5, ack) = Raw::connect5_ok(broker.port(), connect5("ra5", true)).await;
+    assert_eq!(ack.properties.and_then(|p| p.retain_available), Some(0), "Retain Available 0 (3.2.2.3.5)");
+    c5.publish5(&publish5("ra/t", QoS::AtMostOnce, 0, true, b"kept?")).await;
+    assert_eq!(c5.recv().await.disconnect_reason(), Some(0x9A), "Retain not supported");
+    // MQTT 3.1.1 cannot be told: the message is delivered, not kept.
+    let (mut sub, _) = Raw::connect4_ok(broker.port(), "ra-sub", true).await;
+    sub.subscribe4(1, "ra/t", QoS::AtMostOnce).await;
+    let (mut c4, _) = Raw::connect4_ok(broker.port(), "ra4", true).await;
+    c4.publish4("ra/t", QoS::AtMostOnce, 0, true, b"live").await;
+    match sub.recv().await.v4() {
+        v4::Packet::Publish(p) => assert_eq!(&p.payload[..], b"live"),
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+    let (mut late, _) = Raw::connect4_ok(broker.port(), "ra-late", true).await;
+    late.subscribe4(1, "ra/t", QoS::AtMostOnce).await;
+    assert_eq!(late.read_frame(Duration::from_millis(500)).await.err(), Some(ReadError::Timeout), "nothing retained");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_is_imposed_on_clients_that_ask_for_none() {
+    skip_on_mosquitto!("promptmq's --keep-alive");
+    let broker = BrokerOpts::new().extra_args(&["--keep-alive", "1"]).start().await;
+    let mut c = connect5("ka", true);
+    c.keep_alive = 0;
+    let (mut r, ack) = Raw::connect5_ok(broker.port(), c).await;
+    assert_eq!(ack.properties.and_then(|p| p.server_keep_alive), Some(1), "Server Keep Alive (3.2.2.3.14)");
+    // Silent for more than 1.5 x 1 s: closed with 0x8D Keep alive timeout [MQTT-3.1.2-22].
+    let started = Instant::now();
+    let f = r.recv().await;
+    assert_eq!(f.disconnect_reason(), Some(0x8D));
+    assert!(started.elapsed() >= Duration::from_millis(1400), "closed after {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_are_refused_with_a_reason() {
+    skip_on_mosquitto!("promptmq's --max-connections");
+    let broker = BrokerOpts::new().extra_args(&["--max-connections", "3"]).start().await;
+    let mut held = Vec::new();
+    for i in 0..3 {
+        held.push(Raw::connect5_ok(broker.port(), connect5(&format!("lim{i}"), true)).await.0);
+    }
+    let (_r, ack) = Raw::connect5(broker.port(), connect5("lim-over5", true)).await;
+    assert_eq!(ack.code as u8, 0x97, "Quota exceeded");
+    let (_r, ack) = Raw::connect4(broker.port(), connect4("lim-over4", true)).await;
+    assert_eq!(ack.code, v4::ConnectReturnCode::ServiceUnavailable);
+    // One leaves: there is room again.
+    let leaving = held.pop().expect("a connection");
+    leaving.disconnect5(v5::DisconnectReasonCode::NormalDisconnection).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_r, ack) = Raw::connect5(broker.port(), connect5("lim-again", true)).await;
+        if ack.code as u8 == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still refused after a client left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_publish_rate_is_slowed_not_dropped() {
+    skip_on_mosquitto!("promptmq's --max-publish-rate");
+    let broker = BrokerOpts::new().extra_args(&["--max-publish-rate", "100"]).start().await;
+    let (mut sub, _) = Raw::connect5_ok(broker.port(), connect5("rate-sub", true)).await;
+    sub.sub5(1, "rate/t", QoS::AtMostOnce).await;
+    let (mut publ, _) = Raw::connect5_ok(broker.port(), connect5("rate-pub", true)).await;
+    let started = Instant::now();
+    // 300 at once: the first second's 100 go through, the rest at 100 a second.
+    let mut burst = bytes::BytesMut::new();
+    for i in 0..300u32 {
+        let p = publish5("rate/t", QoS::AtMostOnce, 0, false, i.to_string().as_bytes());
+        p.write(&mut burst).expect("encode");
+    }
+    publ.send_bytes(&burst).await.expect("send burst");
+    for i in 0..300u32 {
+        match sub.recv().await.v5() {
+            v5::Packet::Publish(p) => assert_eq!(p.payload, i.to_string().as_bytes(), "in order, none lost"),
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1500), "300 publishes at 100/s took only {took:?}");
+}
