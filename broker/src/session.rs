@@ -78,7 +78,10 @@ pub struct Session {
     pub resend: VecDeque<u16>,
     pub next_seq: u64,
     pub next_pkid: u16,
+    /// Use the `queue_*` methods, which keep `queued_bytes` right.
     pub queue: VecDeque<Outgoing>,
+    /// Topic and payload bytes of the messages in `queue`.
+    pub queued_bytes: usize,
     /// Inbound QoS 2 packet ids between PUBREC and PUBREL: a resent PUBLISH with one of
     /// these ids is not delivered again (exactly once, [MQTT-4.3.3-9]).
     pub incoming_qos2: HashSet<u16>,
@@ -115,6 +118,7 @@ impl Session {
             next_seq: 0,
             next_pkid: 1,
             queue: VecDeque::new(),
+            queued_bytes: 0,
             incoming_qos2: HashSet::new(),
             will: None,
             will_due: None,
@@ -155,20 +159,42 @@ impl Session {
         }
     }
 
-    /// Queues a message for later, dropping the oldest when the queue is full.
+    /// Queues a message for later. A full queue (by count, or by bytes) drops by the
+    /// configured policy: the newest message (this one), or the oldest until it fits. A
+    /// message larger than the byte limit by itself is dropped. Every drop is counted.
     pub fn enqueue(&mut self, out: Outgoing, limits: Limits, stats: &mut Stats) {
-        if self.queue.len() >= limits.max_queued {
+        let size = queued_size(&out);
+        let max_bytes = if limits.max_queued_bytes == 0 { usize::MAX } else { limits.max_queued_bytes };
+        let full = |s: &Session| s.queue.len() >= limits.max_queued || s.queued_bytes + size > max_bytes;
+        if size > max_bytes {
+            stats.dropped_queue_full += 1;
+            return;
+        }
+        while full(self) {
             stats.dropped_queue_full += 1;
             match limits.drop_policy {
                 DropPolicy::DropNewest => return,
                 DropPolicy::DropOldest => {
-                    if self.queue.pop_front().is_none() {
+                    if self.queue_pop_front().is_none() {
                         return;
                     }
                 }
             }
         }
+        self.queued_bytes += size;
         self.queue.push_back(out);
+    }
+
+    pub fn queue_pop_front(&mut self) -> Option<Outgoing> {
+        let out = self.queue.pop_front()?;
+        self.queued_bytes = self.queued_bytes.saturating_sub(queued_size(&out));
+        Some(out)
+    }
+
+    /// Puts a message back at the head (it could not be sent after all).
+    pub fn queue_push_front(&mut self, out: Outgoing) {
+        self.queued_bytes += queued_size(&out);
+        self.queue.push_front(out);
     }
 
     fn allocate_pkid(&mut self) -> Option<u16> {
@@ -350,13 +376,32 @@ impl Writer<'_> {
     }
 }
 
+/// What a queued message counts against `Limits::max_queued_bytes`.
+fn queued_size(out: &Outgoing) -> usize {
+    out.msg.topic.len() + out.msg.payload.len()
+}
+
 /// Limits the session logic needs from the configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_inflight: u16,
     pub max_queued: usize,
+    /// Topic and payload bytes a session queue may hold (0 = no byte limit).
+    pub max_queued_bytes: usize,
     pub drop_policy: DropPolicy,
     pub max_write_buffer: usize,
+}
+
+impl Limits {
+    pub fn from_config(config: &crate::config::Config) -> Limits {
+        Limits {
+            max_inflight: config.max_inflight,
+            max_queued: config.max_queued_messages,
+            max_queued_bytes: config.max_queued_bytes,
+            drop_policy: config.queue_drop_policy,
+            max_write_buffer: config.max_write_buffer,
+        }
+    }
 }
 
 /// Offers a message to a session: sends it now if connected and the window allows,
@@ -431,7 +476,7 @@ fn start_inflight(
     stats: &mut Stats,
 ) {
     let Some(pkid) = session.allocate_pkid() else {
-        session.queue.push_front(out);
+        session.queue_push_front(out);
         return;
     };
     if !send_publish(conn, &out, pkid, false, now, w, stats) {
@@ -467,7 +512,7 @@ pub fn pump(
             }
             continue;
         }
-        let Some(out) = session.queue.pop_front() else { break };
+        let Some(out) = session.queue_pop_front() else { break };
         if out.msg.is_expired(now) {
             stats.dropped_expired += 1;
             continue;

@@ -176,7 +176,7 @@ pub fn recover(config: &Config, clock: &WallClock, now: Instant) -> Result<Recov
                 let msg = Arc::new(*msg);
                 for (session, _) in restored.iter_mut() {
                     if let Some(out) = owed(session, *shard, r.seq, &msg) {
-                        session.enqueue(out, limits(config), &mut Stats::default());
+                        session.enqueue(out, Limits::from_config(config), &mut Stats::default());
                         requeued += 1;
                     }
                 }
@@ -191,15 +191,6 @@ pub fn recover(config: &Config, clock: &WallClock, now: Instant) -> Result<Recov
     }
     let logs = opened.into_iter().filter(|(shard, _)| *shard < cores).map(|(_, log)| log).collect();
     Ok(Recovered { logs, retained, sessions: restored, reports, undecodable, requeued })
-}
-
-fn limits(config: &Config) -> Limits {
-    Limits {
-        max_inflight: config.max_inflight,
-        max_queued: config.max_queued_messages,
-        drop_policy: config.queue_drop_policy,
-        max_write_buffer: config.max_write_buffer,
-    }
 }
 
 fn session_from(rec: SessionRecord) -> Session {

@@ -116,3 +116,31 @@ async fn a_client_over_its_publish_rate_is_slowed_not_dropped() {
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(1500), "300 publishes at 100/s took only {took:?}");
 }
+
+/// `mqtt.max-queued-bytes`: an offline session's queue is bounded by bytes as well as by
+/// count; here 300 bytes hold two 104-byte messages (topic + payload), the oldest go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_queue_is_bounded_by_bytes() {
+    skip_on_mosquitto!("promptmq's --max-queued-bytes");
+    let broker = BrokerOpts::new().extra_args(&["--max-queued-bytes", "300"]).start().await;
+    let (mut s, _) = Raw::connect4_ok(broker.port(), "qb-sub", false).await;
+    s.subscribe4(1, "qb/t", QoS::AtLeastOnce).await;
+    s.disconnect4().await;
+    let (mut p, _) = Raw::connect4_ok(broker.port(), "qb-pub", true).await;
+    for i in 1..=5u8 {
+        let payload = vec![b'0' + i; 100];
+        let mut publish = v4::Publish::new("qb/t", QoS::AtLeastOnce, payload);
+        publish.pkid = u16::from(i);
+        p.send(|b| publish.write(b)).await;
+        p.expect(PUBACK).await;
+    }
+    let (mut s, ack) = Raw::connect4_ok(broker.port(), "qb-sub", false).await;
+    assert!(ack.session_present);
+    let mut got = Vec::new();
+    while let Ok(f) = s.read_frame(Duration::from_millis(500)).await {
+        if let v4::Packet::Publish(p) = f.v4() {
+            got.push(p.payload[0] - b'0');
+        }
+    }
+    assert_eq!(got, vec![4, 5], "the two newest fit in 300 bytes");
+}

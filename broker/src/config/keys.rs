@@ -38,6 +38,7 @@ pub const KEYS: &[Key] = &[
     key("mqtt.max-packet-size", "max_packet_size"),
     key("mqtt.max-inflight", "max_inflight"),
     key("mqtt.max-queued-messages", "max_queued_messages"),
+    key("mqtt.max-queued-bytes", "max_queued_bytes"),
     key("mqtt.queue-drop-policy", "queue_drop_policy"),
     key("mqtt.topic-alias-maximum", "topic_alias_maximum"),
     key("mqtt.max-write-buffer", "max_write_buffer"),

@@ -201,6 +201,12 @@ pub struct Config {
     #[arg(long, env = "PROMPTMQ_MQTT_MAX_QUEUED_MESSAGES", default_value_t = 1000)]
     pub max_queued_messages: usize,
 
+    /// Bytes (topic and payload) queued per session beyond its inflight window, `0` = no
+    /// byte limit (or with a unit: `16MiB`). Together with `max-queued-messages`, whichever
+    /// is reached first; the drop policy decides what goes.
+    #[arg(long, env = "PROMPTMQ_MQTT_MAX_QUEUED_BYTES", default_value_t = 0, value_parser = parse_usize_size)]
+    pub max_queued_bytes: usize,
+
     /// What a full session queue drops: the oldest queued message (`drop-oldest`) or the
     /// one arriving (`drop-newest`). Either way the drop is counted.
     #[arg(long, env = "PROMPTMQ_MQTT_QUEUE_DROP_POLICY", value_enum, default_value_t = DropPolicy::DropOldest)]
@@ -267,6 +273,11 @@ fn parse_packet_size(s: &str) -> Result<u32, String> {
         v @ 16..=268_435_460 => Ok(v as u32),
         v => Err(format!("{v} is outside 16..=268435460 (the largest packet MQTT can encode)")),
     }
+}
+
+fn parse_usize_size(s: &str) -> Result<usize, String> {
+    let v = units::parse_size(s)?;
+    usize::try_from(v).map_err(|_| format!("{v} is too large"))
 }
 
 fn parse_write_buffer(s: &str) -> Result<usize, String> {

@@ -274,12 +274,7 @@ impl Core {
         nonce: u64,
         clock: WallClock,
     ) -> Core {
-        let limits = Limits {
-            max_inflight: config.max_inflight,
-            max_queued: config.max_queued_messages,
-            drop_policy: config.queue_drop_policy,
-            max_write_buffer: config.max_write_buffer,
-        };
+        let limits = Limits::from_config(&config);
         Core {
             id,
             cores,
