@@ -165,6 +165,28 @@ pub fn recover(config: &Config, clock: &WallClock, now: Instant) -> Result<Recov
 
     let mut requeued = 0;
     if !restored.is_empty() {
+        // Which sessions a topic can concern: those with that exact filter, and those with
+        // any wildcard filter. Keeps the replay near O(messages) when most subscriptions
+        // are exact, instead of every message against every session's every filter.
+        let mut by_topic: HashMap<Bytes, Vec<usize>> = HashMap::new();
+        let mut wildcard: Vec<usize> = Vec::new();
+        for (index, (session, _)) in restored.iter().enumerate() {
+            let mut has_wildcard = false;
+            for filter in session.subscriptions.keys() {
+                if !matches!(topic::parse_shared(filter), Ok(None)) {
+                    continue;
+                }
+                if filter.iter().any(|&b| b == b'+' || b == b'#') {
+                    has_wildcard = true;
+                } else {
+                    by_topic.entry(filter.clone()).or_default().push(index);
+                }
+            }
+            if has_wildcard {
+                wildcard.push(index);
+            }
+        }
+        let mut candidates: Vec<usize> = Vec::new();
         for (shard, log) in &opened {
             let start = restored.iter().map(|(s, _)| s.seen.get(shard).copied().unwrap_or(0)).min().unwrap_or(0);
             log.read_from(start + 1, |r| {
@@ -174,7 +196,12 @@ pub fn recover(config: &Config, clock: &WallClock, now: Instant) -> Result<Recov
                     return;
                 }
                 let msg = Arc::new(*msg);
-                for (session, _) in restored.iter_mut() {
+                candidates.clear();
+                candidates.extend(by_topic.get(&msg.topic).into_iter().flatten().chain(&wildcard));
+                candidates.sort_unstable();
+                candidates.dedup();
+                for &index in &candidates {
+                    let session = &mut restored[index].0;
                     if let Some(out) = owed(session, *shard, r.seq, &msg) {
                         session.enqueue(out, Limits::from_config(config), &mut Stats::default());
                         requeued += 1;

@@ -184,6 +184,10 @@ async fn a_persistent_subscriber_gets_every_acknowledged_message_after_kill_9() 
     let mut sub = Client5::connect(port, "pq-sub", false, Some(3600)).await;
     sub.subscribe("pq/#", QoS5::AtLeastOnce).await;
     sub.disconnect().await;
+    // And one with an exact filter (recovery indexes exact filters apart from wildcards).
+    let mut exact = Client5::connect(port, "pq-exact", false, Some(3600)).await;
+    exact.subscribe("pq/3", QoS5::AtLeastOnce).await;
+    exact.disconnect().await;
     let mut acked: Vec<(String, u64)> = Vec::new();
     let mut first = 1;
     for cycle in 0..3 {
@@ -220,6 +224,16 @@ async fn a_persistent_subscriber_gets_every_acknowledged_message_after_kill_9() 
                 }
             }
             assert!(firsts.windows(2).all(|w| w[0] < w[1]), "cycle {cycle}: {topic} out of order: {seqs:?}");
+        }
+        let mut exact = Client5::connect(port, "pq-exact", false, Some(3600)).await;
+        let mut got_exact: Vec<u64> = Vec::new();
+        while let Some(p) = exact.try_recv(Duration::from_secs(1)).await {
+            assert_eq!(topic5(&p), "pq/3");
+            got_exact.push(String::from_utf8_lossy(&p.payload).parse().expect("numeric payload"));
+        }
+        exact.disconnect().await;
+        for (_, seq) in acked.iter().filter(|(t, s)| t == "pq/3" && *s >= first - 1_000_000) {
+            assert!(got_exact.contains(seq), "cycle {cycle}: acknowledged pq/3 #{seq} missed the exact subscriber");
         }
     }
 }
