@@ -24,6 +24,15 @@ pub enum AccessError {
     Acl(#[from] promptmq_auth::AclError),
 }
 
+/// Who a client is, for the ACL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Login {
+    /// No user name, or one no password file checked: anonymous rules.
+    Anonymous,
+    /// The user name's password matched the password file.
+    Verified,
+}
+
 pub struct Access {
     allow_anonymous: bool,
     password_file: Option<PathBuf>,
@@ -76,18 +85,20 @@ impl Access {
         self.load()
     }
 
-    /// Checks a CONNECT's credentials: `Ok` or the CONNACK reason code to refuse with
-    /// (0x86 Bad User Name or Password, 0x87 Not authorized; 3.1.1 gets 4 and 5).
-    pub fn login(&self, username: Option<&[u8]>, password: Option<&[u8]>) -> Result<(), u8> {
+    /// Checks a CONNECT's credentials: the identity the ACL may use (`Verified` only when
+    /// a password file vouched for the user name), or the CONNACK reason code to refuse
+    /// with (0x86 Bad User Name or Password, 0x87 Not authorized; 3.1.1 gets 4 and 5).
+    pub fn login(&self, username: Option<&[u8]>, password: Option<&[u8]>) -> Result<Login, u8> {
         let passwords = self.passwords.read().unwrap_or_else(|p| p.into_inner()).clone();
         match (username, passwords) {
-            (None, _) if self.allow_anonymous => Ok(()),
+            (None, _) if self.allow_anonymous => Ok(Login::Anonymous),
             (None, _) => Err(reason::NOT_AUTHORIZED),
-            // A username without a password file to check it against: anonymous rules apply.
-            (Some(_), None) if self.allow_anonymous => Ok(()),
+            // A user name nothing can check is not an identity: the client gets the
+            // anonymous rules, or it could claim any `user` block of the ACL.
+            (Some(_), None) if self.allow_anonymous => Ok(Login::Anonymous),
             (Some(_), None) => Err(reason::BAD_USER_NAME_OR_PASSWORD),
             (Some(user), Some(file)) => match std::str::from_utf8(user) {
-                Ok(user) if file.verify(user, password) => Ok(()),
+                Ok(user) if file.verify(user, password) => Ok(Login::Verified),
                 _ => Err(reason::BAD_USER_NAME_OR_PASSWORD),
             },
         }

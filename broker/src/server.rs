@@ -750,6 +750,7 @@ impl Driver {
         m.connections_closed.set(s.connections_accepted.saturating_sub(core.connection_count() as u64));
         m.auth_failures.set(s.auth_failures);
         m.connections_refused_limit.set(s.refused_at_limit);
+        m.publish_rate_limited.set(s.rate_limited);
         m.acl_denied_publish.set(s.acl_denied_publish);
         m.acl_denied_subscribe.set(s.acl_denied_subscribe);
         m.acl_denied_read.set(s.acl_denied_read);

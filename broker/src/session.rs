@@ -376,9 +376,10 @@ impl Writer<'_> {
     }
 }
 
-/// What a queued message counts against `Limits::max_queued_bytes`.
+/// What a queued message counts against `Limits::max_queued_bytes`: topic, payload and
+/// properties (user properties can be most of a packet).
 fn queued_size(out: &Outgoing) -> usize {
-    out.msg.topic.len() + out.msg.payload.len()
+    out.msg.topic.len() + out.msg.payload.len() + codec::properties_len(&out.msg.properties)
 }
 
 /// Limits the session logic needs from the configuration.

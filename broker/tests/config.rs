@@ -93,7 +93,7 @@ fn config_check_names_every_bad_key_and_value() {
 
     let bad = write_temp(
         "bad.yaml",
-        "storage:\n  wal:\n    sync_mode: immediate\n    sync-interval: 2h\nmqtt:\n  max-packet-size: 5\n  max-inflight: lots\n",
+        "storage:\n  wal:\n    sync_mode: immediate\n    sync-interval: 2h\nmqtt:\n  max-packet-size: 5\n  max-inflight: lots\n  sys-interval: 500ms\n",
     );
     let out = promptmq().args(["config", "check", bad.to_str().expect("utf-8")]).output().expect("check");
     assert_eq!(out.status.code(), Some(1));
@@ -102,7 +102,9 @@ fn config_check_names_every_bad_key_and_value() {
     assert!(err.contains("invalid value `2h` for `storage.wal.sync-interval`: 7200000 ms is outside"), "{err}");
     assert!(err.contains("invalid value `5` for `mqtt.max-packet-size`: 5 is outside 16..=268435460"), "{err}");
     assert!(err.contains("invalid value `lots` for `mqtt.max-inflight`"), "{err}");
-    assert_eq!(err.lines().count(), 4, "one line per problem: {err}");
+    // A sub-second value would round to 0, which means "off": refused instead.
+    assert!(err.contains("invalid value `500ms` for `mqtt.sys-interval`: 500 ms is below"), "{err}");
+    assert_eq!(err.lines().count(), 5, "one line per problem: {err}");
 
     let yaml = write_temp("notyaml.yaml", "mqtt: [1, 2\n");
     let out = promptmq().args(["config", "check", yaml.to_str().expect("utf-8")]).output().expect("check");
@@ -186,5 +188,86 @@ async fn queue_drop_policy_decides_which_messages_an_offline_session_keeps() {
         }
         s.assert_no_message(Duration::from_millis(300)).await;
         assert_eq!(got, expected, "{policy}");
+    }
+}
+
+/// Every key set in a file is in effect, with the file as its origin: a value that is
+/// validated and then ignored (the Go version's failure) fails here. Each value differs
+/// from the default.
+#[test]
+fn every_key_in_a_file_takes_effect() {
+    if is_mosquitto() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("promptmq-config-all-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let p = |name: &str| dir.join(name).to_str().expect("utf-8").to_string();
+    let yaml = format!(
+        "server:
+  bind: 127.0.0.1:1999
+  tls-bind: 127.0.0.1:1998
+  tls-cert: {cert}
+  tls-key: {key}
+  tls-ca: {ca}
+  tls-min-version: \"1.3\"
+  ws-bind: 127.0.0.1:1997
+  wss-bind: 127.0.0.1:1996
+  ws-path: /mqtt
+  cores: 3
+  accept-mode: handoff
+mqtt:
+  max-qos: 1
+  retain-available: false
+  keep-alive: 30
+  max-connections: 10
+  max-publish-rate: 50
+  max-keep-alive: 600
+  max-packet-size: 2048
+  max-inflight: 16
+  max-queued-messages: 77
+  max-queued-bytes: 1MiB
+  queue-drop-policy: drop-newest
+  topic-alias-maximum: 5
+  max-write-buffer: 64KiB
+  sys-interval: 3s
+storage:
+  data-dir: {data}
+  wal:
+    enabled: false
+    sync-mode: batch
+    sync-interval: 20ms
+    batch-sync-size: 10
+    segment-size: 128KiB
+  retention:
+    max-message-age: 1h
+    max-size: 10MiB
+auth:
+  allow-anonymous: false
+  password-file: {passwd}
+  acl-file: {acl}
+metrics:
+  enabled: true
+  bind: 127.0.0.1:1995
+  path: /prom
+log:
+  level: debug
+  format: json
+",
+        cert = p("c.pem"),
+        key = p("k.pem"),
+        ca = p("ca.pem"),
+        data = p("data"),
+        passwd = p("passwd"),
+        acl = p("acl"),
+    );
+    let file = write_temp("all.yaml", &yaml);
+    let out = promptmq().args(["--config", file.to_str().expect("utf-8"), "config", "show"]).output().expect("show");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let origin = format!("# from {}", file.display());
+    let values: Vec<&str> = text.lines().filter(|l| l.contains(": ") && !l.trim_start().starts_with('#')).collect();
+    assert_eq!(values.len(), yaml.lines().filter(|l| l.contains(": ")).count(), "{text}");
+    for line in values {
+        assert!(line.ends_with(&origin), "not taken from the file: {line}");
     }
 }

@@ -77,10 +77,14 @@ async fn sys_topics_report_the_broker_and_stay_out_of_wildcards() {
     }
     // [MQTT-4.7.2-1]: `#` does not match topics beginning with `$`.
     assert_eq!(all.read_frame(Duration::from_millis(1500)).await.err(), Some(ReadError::Timeout));
-    // Clients cannot write there.
+    // Clients cannot write there, not even with a will.
     let mut p = v5::Publish::new("$SYS/broker/clients/connected", QoS::AtLeastOnce, "999");
     p.pkid = 7;
     assert_eq!(all.publish5_complete(&p).await, 0x87);
+    let mut c = connect5("sys-will", true);
+    c.last_will = Some(v5::LastWill::new("$SYS/broker/clients/connected", "999", QoS::AtMostOnce, true));
+    let (_r, ack) = Raw::connect5(broker.port(), c).await;
+    assert_eq!(ack.code as u8, 0x87, "a will on $SYS/ is refused");
 }
 
 #[tokio::test]

@@ -196,6 +196,27 @@ async fn acl_file_limits_publish_subscribe_and_delivery() {
     assert_eq!(codes, vec![0, 0x80]);
 }
 
+/// Without a password file nothing vouches for a user name, so it must not select a
+/// `user` block: the client gets the anonymous rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unverified_user_name_gets_anonymous_rules() {
+    skip_on_mosquitto!("promptmq's flags");
+    let dir = temp_dir("unverified");
+    let acl = dir.join("acl");
+    std::fs::write(
+        &acl,
+        "topic read public/#
+user admin
+topic readwrite #
+",
+    )
+    .expect("write acl");
+    let broker = BrokerOpts::new().extra_args(&["--acl-file", acl.to_str().expect("utf-8")]).start().await;
+    let (mut c, _) = Raw::connect5_ok(broker.port(), login5("claims-admin", Some(("admin", "anything")))).await;
+    let a = c.subscribe5(1, vec![filter5("#", QoS::AtMostOnce), filter5("public/x", QoS::AtMostOnce)], None).await;
+    assert_eq!(a.return_codes.iter().map(|c| *c as u8).collect::<Vec<_>>(), vec![0x80, 0]);
+}
+
 /// The Eclipse Paho interoperability suite's `test_subscribe_failure`: everything allowed
 /// but `test/nosubscribe`, refused with 0x80 in both protocol versions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

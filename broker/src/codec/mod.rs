@@ -24,3 +24,4 @@ pub use decode::{check_frame, decode_packet, Frame};
 pub use encode::{encode_packet, encode_publish, encode_publish_header, encoded_len, publish_len};
 pub use error::{DecodeError, EncodeError};
 pub use packet::*;
+pub(crate) use properties::properties_len;

@@ -74,7 +74,13 @@ pub fn load<P: clap::Parser>(args: Vec<OsString>) -> Result<Loaded<P>, LoadError
             let mut argv: Vec<OsString> = args.first().cloned().into_iter().collect();
             for (key, value) in &entries {
                 check_value(&command, key, value, &format!("config file {}", path.display()))?;
-                if matches.value_source(key.arg) == Some(ValueSource::DefaultValue) {
+                // Not given by a flag or a variable: the file decides (for a setting with a
+                // default, clap reports `DefaultValue`; without one, no source at all).
+                let given = matches!(
+                    matches.value_source(key.arg),
+                    Some(ValueSource::CommandLine) | Some(ValueSource::EnvVariable)
+                );
+                if !given {
                     argv.push(flag_with_value(&command, key, value));
                     from_file.push(key);
                 }
@@ -191,7 +197,7 @@ fn check_value(command: &Command, key: &Key, value: &str, origin: &str) -> Resul
     // The argument alone in a throwaway command: its own parser and possible values decide.
     let flag = flag_with_value(command, key, value);
     Command::new("check")
-        .arg(arg.clone().env(None::<&str>).required(false))
+        .arg(arg.clone().env(None::<&str>).required(false).requires(clap::builder::Resettable::<clap::Id>::Reset))
         .try_get_matches_from([OsString::from("check"), flag])
         .map(|_| ())
         .map_err(|e| ConfigError::BadValue {

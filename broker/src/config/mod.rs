@@ -261,7 +261,11 @@ fn parse_sync_interval(s: &str) -> Result<u64, String> {
 }
 
 fn parse_age_secs(s: &str) -> Result<u64, String> {
-    Ok(units::parse_duration_ms(s, 1000)? / 1000)
+    match units::parse_duration_ms(s, 1000)? {
+        ms @ 1..=999 => Err(format!("{ms} ms is below this setting's resolution of one second (0 turns it off)")),
+        ms if ms % 1000 != 0 => Err(format!("{ms} ms is not a whole number of seconds")),
+        ms => Ok(ms / 1000),
+    }
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {

@@ -107,8 +107,11 @@ impl Core {
         }
         let lost = self.journal_backlog.len();
         self.journal_backlog.clear();
-        // Dropping the journal stops its writer after a final sync.
-        self.journal = None;
+        // Dropping the journal stops its writer after a final sync. Anything that would
+        // need it from now on is refused, not acknowledged as if there were no log.
+        if self.journal.take().is_some() {
+            self.journal_closed = true;
+        }
         lost
     }
 
@@ -313,6 +316,10 @@ impl Core {
 
     /// Restores a retained message recovered from a log at startup.
     pub fn restore_retained(&mut self, msg: SharedMessage) {
+        if !self.config.retain_available {
+            // Clients are told Retain Available 0: nothing retained is served.
+            return;
+        }
         self.retained_seq.insert(owned(&msg.topic), 0);
         self.retained.set(&msg);
     }

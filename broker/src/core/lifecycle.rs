@@ -48,6 +48,10 @@ impl Core {
             return;
         }
         if let Some(w) = &c.will {
+            // `$SYS/` is the broker's, for wills too.
+            if w.topic.starts_with(SYS_PREFIX) {
+                return self.connack_refuse(id, reason::NOT_AUTHORIZED);
+            }
             if topic::validate_topic_name(&w.topic).is_err() {
                 self.connack_refuse(id, reason::TOPIC_NAME_INVALID);
                 return;
@@ -68,17 +72,21 @@ impl Core {
         conn.client_id = client_id.clone();
         if let Some(checks) = self.access.clone() {
             let username = c.username.as_deref();
-            if let Err(code) = checks.login(username, c.password.as_deref()) {
-                // Never the password.
-                tracing::warn!(
-                    client_id = %String::from_utf8_lossy(&client_id),
-                    username = %String::from_utf8_lossy(username.unwrap_or_default()),
-                    "login refused"
-                );
-                self.stats.auth_failures += 1;
-                return self.connack_refuse(id, code);
-            }
-            conn.acl = checks.client_acl(&client_id, username);
+            let login = match checks.login(username, c.password.as_deref()) {
+                Ok(login) => login,
+                Err(code) => {
+                    // Never the password.
+                    tracing::warn!(
+                        client_id = %String::from_utf8_lossy(&client_id),
+                        username = %String::from_utf8_lossy(username.unwrap_or_default()),
+                        "login refused"
+                    );
+                    self.stats.auth_failures += 1;
+                    return self.connack_refuse(id, code);
+                }
+            };
+            let identity = if login == access::Login::Verified { username } else { None };
+            conn.acl = checks.client_acl(&client_id, identity);
             let will_denied = c
                 .will
                 .as_ref()

@@ -243,6 +243,8 @@ pub struct Core {
     clock: WallClock,
     /// Login and ACL checks; `None` when nothing is restricted.
     access: Option<Arc<Access>>,
+    /// The log was closed (the broker is stopping): QoS 1/2 and retained publishes fail.
+    journal_closed: bool,
     /// When expired retained messages are next swept out.
     next_retained_sweep: Option<Instant>,
     /// When persistent sessions' progress is next logged.
@@ -313,6 +315,7 @@ impl Core {
             next_retention_check: None,
             clock,
             access: None,
+            journal_closed: false,
             stats: Stats::default(),
         }
     }

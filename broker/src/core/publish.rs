@@ -98,7 +98,7 @@ impl Core {
     pub fn publish_system(&mut self, topic: &str, value: String, now: Instant) {
         let topic = Bytes::from(topic.to_string());
         let mut p = Publish::new(topic.clone(), QoS::AtMostOnce, Bytes::from(value));
-        p.retain = true;
+        p.retain = self.config.retain_available;
         let msg = Arc::new(Message::from_publish(p, topic, Bytes::from_static(b"$broker"), now));
         let shard = shard_of(&msg.topic, self.cores);
         self.send(shard, CoreMsg::Publish { msg, ack: None });
@@ -209,6 +209,13 @@ impl Core {
     }
 
     pub(super) fn shard_publish(&mut self, msg: SharedMessage, ack: Option<PublishAck>, now: Instant) {
+        if self.journal_closed && (msg.qos != QoS::AtMostOnce || msg.retain) {
+            if let Some(a) = ack {
+                let reason = reason::SERVER_SHUTTING_DOWN;
+                self.send(a.core, CoreMsg::PublishDone { conn: a.conn, pkid: a.pkid, qos: a.qos, reason });
+            }
+            return;
+        }
         // `$SYS` figures are republished every interval: not history worth logging.
         let logged =
             self.journal.is_some() && (msg.qos != QoS::AtMostOnce || msg.retain) && !msg.topic.starts_with(SYS_PREFIX);

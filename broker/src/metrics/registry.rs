@@ -125,7 +125,7 @@ pub struct CoreMetrics {
     /// Routed to a session incarnation that has since been replaced.
     pub dropped_stale_session: Counter,
     /// Publishes refused because of a rate limit.
-    pub dropped_rate_limited: Counter,
+    pub publish_rate_limited: Counter,
     /// Publishes refused because the log's backlog was full.
     pub journal_rejected: Counter,
     /// Acknowledgements failed because the log reported an error before the record was durable.

@@ -32,21 +32,22 @@ type CounterOf = fn(&CoreMetrics) -> &Counter;
 type GaugeOf = fn(&CoreMetrics) -> &Gauge;
 
 /// Drop reasons: label value and the counter.
-const DROP_REASONS: [(&str, CounterOf); 9] = [
+const DROP_REASONS: [(&str, CounterOf); 8] = [
     ("queue_full", |c| &c.dropped_queue_full),
     ("offline_qos0", |c| &c.dropped_offline_qos0),
     ("slow_qos0", |c| &c.dropped_slow_qos0),
     ("too_large", |c| &c.dropped_too_large),
     ("expired", |c| &c.dropped_expired),
     ("stale_session", |c| &c.dropped_stale_session),
-    ("rate_limited", |c| &c.dropped_rate_limited),
     ("journal_rejected", |c| &c.journal_rejected),
     ("journal_failed_acks", |c| &c.journal_failed_acks),
 ];
 
 /// Totals of the per-core gauges: name, help, gauge.
 const GAUGE_TOTALS: [(&str, &str, GaugeOf); 6] = [
-    ("promptmq_connections", "Open client connections.", |c| &c.connections),
+    ("promptmq_connections", "Open client connections (including those that have not sent CONNECT yet).", |c| {
+        &c.connections
+    }),
     ("promptmq_sessions", "Sessions, connected or not.", |c| &c.sessions),
     ("promptmq_retained_messages", "Retained messages.", |c| &c.retained_messages),
     ("promptmq_subscriptions", "Subscriptions (topic filters).", |c| &c.subscriptions),
@@ -103,6 +104,11 @@ impl Metrics {
             "promptmq_connections_refused_total",
             &[("reason", "limit")],
             self.sum_counter(|c| &c.connections_refused_limit),
+        );
+        w.counter(
+            "promptmq_publish_rate_limited_total",
+            "Times a client's reading was paused for going over mqtt.max-publish-rate (nothing is dropped).",
+            self.sum_counter(|c| &c.publish_rate_limited),
         );
         w.counter(
             "promptmq_auth_failures_total",
@@ -324,7 +330,7 @@ mod tests {
         a.bytes_sent.add(1234);
         a.dropped_queue_full.add(2);
         b.dropped_queue_full.add(1);
-        b.dropped_rate_limited.inc();
+        b.publish_rate_limited.inc();
         a.journal_failed_acks.add(9);
         b.ring_overflows.add(11);
         a.set_gauges(&GaugeSnapshot {
@@ -384,7 +390,7 @@ mod tests {
             "promptmq_sent_bytes_total 1234\n",
             "promptmq_messages_dropped_total{reason=\"queue_full\"} 3\n",
             "promptmq_messages_dropped_total{reason=\"offline_qos0\"} 0\n",
-            "promptmq_messages_dropped_total{reason=\"rate_limited\"} 1\n",
+            "promptmq_publish_rate_limited_total 1\n",
             "promptmq_messages_dropped_total{reason=\"journal_failed_acks\"} 9\n",
             "promptmq_ring_overflows_total 11\n",
             "# TYPE promptmq_connections gauge\npromptmq_connections 15\n",
