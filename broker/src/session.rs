@@ -376,6 +376,11 @@ impl Writer<'_> {
     }
 }
 
+/// Whether the ACL of the session's current client lets it read this message.
+fn may_read(session: &Session, out: &Outgoing) -> bool {
+    session.acl.as_ref().is_none_or(|acl| crate::access::can_read(acl, &out.msg.topic))
+}
+
 /// What a queued message counts against `Limits::max_queued_bytes`: topic, payload and
 /// properties (user properties can be most of a packet).
 fn queued_size(out: &Outgoing) -> usize {
@@ -424,6 +429,12 @@ pub fn offer(
     }
     if out.msg.is_expired(now) {
         stats.dropped_expired += 1;
+        return;
+    }
+    // After `seen` moved on: a message the client may not read is not owed either (it
+    // must not come back from the log after a restart).
+    if !may_read(session, &out) {
+        stats.acl_denied_read += 1;
         return;
     }
     let Some(conn) = conn.filter(|c| matches!(c.phase, Phase::Connected)) else {
@@ -505,9 +516,13 @@ pub fn pump(
             } else {
                 // Delivery already started, so an expired message is still completed
                 // ([MQTT-3.3.2-5] only deletes copies not yet sent). One that no longer
-                // fits the client's Maximum Packet Size is abandoned [MQTT-3.1.2-25].
+                // fits the client's Maximum Packet Size is abandoned [MQTT-3.1.2-25], and
+                // so is one the client now connected to the session may not read.
                 let out = f.out.clone();
-                if !send_publish(conn, &out, pkid, true, now, w, stats) {
+                if !may_read(session, &out) {
+                    stats.acl_denied_read += 1;
+                    session.inflight.remove(&pkid);
+                } else if !send_publish(conn, &out, pkid, true, now, w, stats) {
                     session.inflight.remove(&pkid);
                 }
             }
@@ -516,6 +531,12 @@ pub fn pump(
         let Some(out) = session.queue_pop_front() else { break };
         if out.msg.is_expired(now) {
             stats.dropped_expired += 1;
+            continue;
+        }
+        // Queued before a restart, a takeover by another user or an ACL reload: the rules
+        // of the client connected now decide.
+        if !may_read(session, &out) {
+            stats.acl_denied_read += 1;
             continue;
         }
         if out.qos == QoS::AtMostOnce {

@@ -47,6 +47,8 @@ pub struct DirLock {
 
 /// Takes an exclusive lock on `<data-dir>/LOCK`, so two brokers never write the same logs.
 pub fn lock_data_dir(dir: &Path) -> Result<DirLock, StorageError> {
+    // "Created if missing", also for embedders that call `server::start` directly.
+    std::fs::create_dir_all(dir).map_err(|source| StorageError::Dir { path: dir.to_path_buf(), source })?;
     let path = dir.join("LOCK");
     let file = File::options()
         .create(true)

@@ -289,3 +289,58 @@ async fn sighup_reloads_passwords_and_acl_without_dropping_connections() {
     let (mut alice3, _) = Raw::connect5_ok(port, login5("alice-3", Some(("alice", "pw")))).await;
     alice3.sub5(1, "extra/#", QoS::AtLeastOnce).await;
 }
+
+/// What waits in a session's queue is checked against the rules of the client that finally
+/// receives it: here the ACL changes (SIGHUP) while alice is offline with messages queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_messages_are_checked_when_they_are_delivered() {
+    skip_on_mosquitto!("promptmq's SIGHUP");
+    let dir = temp_dir("queued");
+    let passwd = dir.join("passwd");
+    let _ = std::fs::remove_file(&passwd);
+    mosquitto_passwd(&passwd, "alice", "pw");
+    mosquitto_passwd(&passwd, "root", "pw");
+    let acl = dir.join("acl");
+    let rules = |alice: &str| format!("user root\ntopic readwrite #\nuser alice\n{alice}");
+    std::fs::write(&acl, rules("topic readwrite alice/#\n")).expect("write acl");
+    let broker = BrokerOpts::new()
+        .log_level("info")
+        .extra_args(&["--password-file", passwd.to_str().expect("utf-8"), "--acl-file", acl.to_str().expect("utf-8")])
+        .start()
+        .await;
+    let port = broker.port();
+    let mut c = connect5("alice-q", false);
+    c.set_login("alice", "pw");
+    c.properties = Some(v5::ConnectProperties {
+        session_expiry_interval: Some(600),
+        receive_maximum: None,
+        max_packet_size: None,
+        topic_alias_max: None,
+        request_response_info: None,
+        request_problem_info: None,
+        user_properties: Vec::new(),
+        authentication_method: None,
+        authentication_data: None,
+    });
+    let (mut alice, _) = Raw::connect5_ok(port, c.clone()).await;
+    alice.sub5(1, "alice/#", QoS::AtLeastOnce).await;
+    alice.disconnect5(v5::DisconnectReasonCode::NormalDisconnection).await;
+    let (mut root, _) = Raw::connect5_ok(port, login5("root-q", Some(("root", "pw")))).await;
+    for (pkid, topic) in [(1, "alice/private/x"), (2, "alice/ok")] {
+        assert_eq!(root.publish5_complete(&publish5(topic, QoS::AtLeastOnce, pkid, false, b"m")).await, 0);
+    }
+    std::fs::write(&acl, rules("topic readwrite alice/#\ntopic deny alice/private/#\n")).expect("write acl");
+    broker.signal(libc::SIGHUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !broker.log_text().contains("SIGHUP: reloaded") {
+        assert!(std::time::Instant::now() < deadline, "no reload logged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (mut alice, ack) = Raw::connect5_ok(port, c).await;
+    assert!(ack.session_present);
+    match alice.recv().await.v5() {
+        v5::Packet::Publish(p) => assert_eq!(p.topic, "alice/ok", "alice/private/x was queued before the deny rule"),
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+    assert_eq!(alice.read_frame(Duration::from_millis(500)).await.err(), Some(ReadError::Timeout));
+}

@@ -312,10 +312,6 @@ impl Core {
 
     pub(super) fn offer(&mut self, client_id: &Bytes, out: Outgoing, now: Instant) {
         let Some(session) = self.sessions.get_mut(client_id) else { return };
-        if session.acl.as_ref().is_some_and(|acl| !access::can_read(acl, &out.msg.topic)) {
-            self.stats.acl_denied_read += 1;
-            return;
-        }
         let conn = session.conn.and_then(|id| self.conns.get_mut(&id));
         let mut w = Writer { out: &mut self.writes, scratch: &mut self.scratch, cache: &mut self.fanout };
         session::offer(session, conn, out, self.limits, now, &mut w, &mut self.stats);
