@@ -618,7 +618,6 @@ fn send_publish(
             for chunk in chunks.clone() {
                 w.push(conn, chunk);
             }
-            stats.messages_out += 1;
             stats.messages_out_by_qos[out.qos as usize] += 1;
             return true;
         }
@@ -643,7 +642,6 @@ fn send_publish(
         let chunks = if shared_payload { vec![header, p.payload] } else { vec![header] };
         *w.cache.get(out, conn.version, now) = Some(chunks);
     }
-    stats.messages_out += 1;
     stats.messages_out_by_qos[out.qos as usize] += 1;
     true
 }

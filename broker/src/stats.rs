@@ -4,8 +4,6 @@
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
     pub connections_accepted: u64,
-    pub messages_in: u64,
-    pub messages_out: u64,
     /// PUBLISHes received, by QoS.
     pub messages_in_by_qos: [u64; 3],
     /// PUBLISHes sent, by QoS.

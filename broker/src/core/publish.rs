@@ -79,7 +79,6 @@ impl Core {
                 conn.unacked_qos1 += 1;
             }
         }
-        self.stats.messages_in += 1;
         self.stats.messages_in_by_qos[qos as usize] += 1;
         let mut msg = Message::from_publish(p, topic, client_id, now);
         if qos != QoS::AtMostOnce || msg.retain {
