@@ -131,8 +131,6 @@ pub enum StartError {
     Tls(#[from] promptmq_transport::TlsConfigError),
     #[error(transparent)]
     Access(#[from] AccessError),
-    #[error("{0}")]
-    Config(String),
     #[error("cannot start the core threads: {0}")]
     Threads(io::Error),
 }
@@ -202,9 +200,6 @@ impl Running {
 /// so bind errors are reported to the caller.
 pub fn start(config: Config) -> Result<Running, StartError> {
     let cores = config.effective_cores();
-    if config.tls_cert.is_none() && config.tls_bind.is_some() {
-        return Err(StartError::Config("server.tls-bind needs server.tls-cert and server.tls-key".into()));
-    }
     let transports = Transports::from_config(&config)?;
     let access = Access::from_config(&config)?;
     // Bind every core's sockets here: port 0 is resolved once and shared, and a bind error

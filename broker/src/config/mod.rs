@@ -31,7 +31,7 @@ pub struct Config {
 
     /// MQTT over TLS. Defaults to 0.0.0.0:8883 when a certificate is configured
     /// (`server.tls-cert` and `server.tls-key`).
-    #[arg(long, env = "PROMPTMQ_SERVER_TLS_BIND")]
+    #[arg(long, env = "PROMPTMQ_SERVER_TLS_BIND", requires = "tls_cert")]
     pub tls_bind: Option<SocketAddr>,
 
     /// Certificate chain (PEM) of the TLS and secure WebSocket listeners.
