@@ -29,6 +29,29 @@ fn mosquitto_passwd(path: &Path, user: &str, password: &str) {
     assert!(status.success(), "mosquitto_passwd failed");
 }
 
+/// A password file (every user's password is `pw`, hashed by mosquitto_passwd) and an ACL
+/// file with `acl` in `dir`.
+fn auth_files(dir: &Path, users: &[&str], acl: &str) -> (PathBuf, PathBuf) {
+    let passwd = dir.join("passwd");
+    let _ = std::fs::remove_file(&passwd);
+    for user in users {
+        mosquitto_passwd(&passwd, user, "pw");
+    }
+    let acl_path = dir.join("acl");
+    std::fs::write(&acl_path, acl).expect("write acl");
+    (passwd, acl_path)
+}
+
+/// A broker that checks logins against `passwd` and rules against `acl`.
+fn auth_opts(passwd: &Path, acl: &Path) -> BrokerOpts {
+    BrokerOpts::new().extra_args(&[
+        "--password-file",
+        passwd.to_str().expect("utf-8"),
+        "--acl-file",
+        acl.to_str().expect("utf-8"),
+    ])
+}
+
 fn login5(id: &str, user: Option<(&str, &str)>) -> v5::Connect {
     let mut c = connect5(id, true);
     if let Some((u, p)) = user {
@@ -127,16 +150,8 @@ pattern read users/%u/#
 async fn acl_file_limits_publish_subscribe_and_delivery() {
     skip_on_mosquitto!("promptmq's flags");
     let dir = temp_dir("acl");
-    let passwd = dir.join("passwd");
-    let _ = std::fs::remove_file(&passwd);
-    mosquitto_passwd(&passwd, "alice", "pw");
-    mosquitto_passwd(&passwd, "root", "pw");
-    let acl = dir.join("acl");
-    std::fs::write(&acl, format!("{ACL}\nuser root\ntopic readwrite #\n")).expect("write acl");
-    let broker = BrokerOpts::new()
-        .extra_args(&["--password-file", passwd.to_str().expect("utf-8"), "--acl-file", acl.to_str().expect("utf-8")])
-        .start()
-        .await;
+    let (passwd, acl) = auth_files(&dir, &["alice", "root"], &format!("{ACL}\nuser root\ntopic readwrite #\n"));
+    let broker = auth_opts(&passwd, &acl).start().await;
     let port = broker.port();
     let (mut alice, _) = Raw::connect5_ok(port, login5("alice-1", Some(("alice", "pw")))).await;
     let (mut root, _) = Raw::connect5_ok(port, login5("root-1", Some(("root", "pw")))).await;
@@ -239,16 +254,8 @@ async fn paho_nosubscribe_topic_is_refused_in_both_versions() {
 async fn sighup_reloads_passwords_and_acl_without_dropping_connections() {
     skip_on_mosquitto!("promptmq's SIGHUP");
     let dir = temp_dir("hup");
-    let passwd = dir.join("passwd");
-    let _ = std::fs::remove_file(&passwd);
-    mosquitto_passwd(&passwd, "alice", "pw");
-    let acl = dir.join("acl");
-    std::fs::write(&acl, "user alice\ntopic readwrite alice/#\n").expect("write acl");
-    let broker = BrokerOpts::new()
-        .log_level("info")
-        .extra_args(&["--password-file", passwd.to_str().expect("utf-8"), "--acl-file", acl.to_str().expect("utf-8")])
-        .start()
-        .await;
+    let (passwd, acl) = auth_files(&dir, &["alice"], &"user alice\ntopic readwrite alice/#\n");
+    let broker = auth_opts(&passwd, &acl).log_level("info").start().await;
     let port = broker.port();
     let (mut alice, _) = Raw::connect5_ok(port, login5("alice-1", Some(("alice", "pw")))).await;
     alice.sub5(1, "alice/#", QoS::AtLeastOnce).await;
@@ -296,18 +303,9 @@ async fn sighup_reloads_passwords_and_acl_without_dropping_connections() {
 async fn queued_messages_are_checked_when_they_are_delivered() {
     skip_on_mosquitto!("promptmq's SIGHUP");
     let dir = temp_dir("queued");
-    let passwd = dir.join("passwd");
-    let _ = std::fs::remove_file(&passwd);
-    mosquitto_passwd(&passwd, "alice", "pw");
-    mosquitto_passwd(&passwd, "root", "pw");
-    let acl = dir.join("acl");
     let rules = |alice: &str| format!("user root\ntopic readwrite #\nuser alice\n{alice}");
-    std::fs::write(&acl, rules("topic readwrite alice/#\n")).expect("write acl");
-    let broker = BrokerOpts::new()
-        .log_level("info")
-        .extra_args(&["--password-file", passwd.to_str().expect("utf-8"), "--acl-file", acl.to_str().expect("utf-8")])
-        .start()
-        .await;
+    let (passwd, acl) = auth_files(&dir, &["alice", "root"], &rules("topic readwrite alice/#\n"));
+    let broker = auth_opts(&passwd, &acl).log_level("info").start().await;
     let port = broker.port();
     let mut c = connect5("alice-q", false);
     c.set_login("alice", "pw");
