@@ -254,7 +254,7 @@ async fn paho_nosubscribe_topic_is_refused_in_both_versions() {
 async fn sighup_reloads_passwords_and_acl_without_dropping_connections() {
     skip_on_mosquitto!("promptmq's SIGHUP");
     let dir = temp_dir("hup");
-    let (passwd, acl) = auth_files(&dir, &["alice"], &"user alice\ntopic readwrite alice/#\n");
+    let (passwd, acl) = auth_files(&dir, &["alice"], "user alice\ntopic readwrite alice/#\n");
     let broker = auth_opts(&passwd, &acl).log_level("info").start().await;
     let port = broker.port();
     let (mut alice, _) = Raw::connect5_ok(port, login5("alice-1", Some(("alice", "pw")))).await;
