@@ -2,8 +2,8 @@
 //!
 //! Per core there are four kinds of task, all on the core's own thread:
 //! - the acceptor, on the core's own listener (`SO_REUSEPORT`);
-//! - per connection a reader (bytes into `Core::on_bytes`) and a writer (drains the
-//!   connection's queue of encoded packets with vectored writes);
+//! - per connection one task that reads (bytes into `Core::on_bytes`) and writes (drains the
+//!   connection's queue of encoded packets with vectored writes), see [`run_connection`];
 //! - the inbox drainer, which empties the rings from every other core in batches when this
 //!   core's [`Wakeup`] rings;
 //! - the ticker, which drives timers (keep-alive, will delay, session expiry).
@@ -16,6 +16,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -62,6 +63,13 @@ const TICK: Duration = Duration::from_millis(50);
 /// socket. Closing at once would make the kernel answer the client's in-flight packets
 /// with a reset, which can destroy the DISCONNECT before the client has read it.
 const LINGER: Duration = Duration::from_secs(2);
+/// A connection's write queue is a vector only while it has something to write: when its
+/// writer goes idle the (empty) vectors go to a pool of this many per core, and the next
+/// write to any connection of the core takes one from there. Kept by each connection they
+/// would cost every idle one; dropped and made again they would cost allocations per write.
+const QUEUE_POOL: usize = 64;
+/// Vectors larger than this (in chunks) are not pooled (a burst's, rarely needed again).
+const QUEUE_POOL_VEC_MAX: usize = 1024;
 /// Connections over `mqtt.max-connections` still get a refusing CONNACK, up to this many
 /// more; beyond that they are closed at once.
 const LIMIT_GRACE: usize = 64;
@@ -358,6 +366,8 @@ const HEALTH_STALL_MS: u64 = 5_000;
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
 struct ConnIo {
+    /// Encoded packets waiting for the writer. Unallocated while the connection is idle
+    /// (see [`QUEUE_POOL`]).
     queue: RefCell<Vec<Bytes>>,
     signal: rt::LocalSignal,
     closing: Cell<bool>,
@@ -368,11 +378,19 @@ struct ConnIo {
     /// Rung by the writer after each write, for a reader waiting on a full write queue.
     drained: rt::LocalSignal,
     closer: rt::Closer,
-    /// TLS and/or WebSocket between the socket and MQTT (`None`: plain MQTT).
-    transport: Option<RefCell<Box<promptmq_transport::Transport>>>,
+    /// TLS and/or WebSocket between the socket and MQTT (`None`: plain MQTT). Boxed, so
+    /// that plain connections pay one pointer for it.
+    transport: Option<Box<RefCell<Layer>>>,
     /// Still counted in `Shared::active_conns` (released once, when the connection is
     /// closed, not after its linger: a refused client must not hold a slot).
     counted: Cell<bool>,
+}
+
+/// A transport layer and the MQTT bytes it decoded that the core has not taken yet (a
+/// partial packet, or what waits out a publish-rate pause).
+struct Layer {
+    transport: Box<promptmq_transport::Transport>,
+    app: BytesMut,
 }
 
 impl ConnIo {
@@ -388,6 +406,8 @@ struct Driver {
     shared: Arc<Shared>,
     core: RefCell<Core>,
     conns: RefCell<HashMap<ConnId, Rc<ConnIo>>>,
+    /// Empty write-queue vectors (see [`QUEUE_POOL`]).
+    queue_pool: RefCell<Vec<Vec<Bytes>>>,
     overflow: RefCell<Vec<VecDeque<CoreMsg>>>,
     overflow_len: Cell<usize>,
     actions: RefCell<Vec<Action>>,
@@ -422,6 +442,7 @@ async fn run_core(index: usize, shared: Arc<Shared>, start: Option<CoreStart>) {
         id: index,
         core: RefCell::new(core),
         conns: RefCell::new(HashMap::new()),
+        queue_pool: RefCell::new(Vec::new()),
         overflow: RefCell::new((0..shared.cores).map(|_| VecDeque::new()).collect()),
         overflow_len: Cell::new(0),
         actions: RefCell::new(Vec::new()),
@@ -510,7 +531,7 @@ async fn accept_loop(driver: Rc<Driver>, listener: rt::Listener, kind: ListenerK
     }
 }
 
-/// Starts the reader and writer tasks of a new connection on this core.
+/// Starts the task of a new connection on this core.
 fn serve(driver: &Rc<Driver>, stream: rt::Stream, kind: ListenerKind) {
     let max = driver.shared.config.max_connections;
     let active = driver.shared.active_conns.fetch_add(1, Ordering::AcqRel) + 1;
@@ -542,143 +563,225 @@ fn serve(driver: &Rc<Driver>, stream: rt::Stream, kind: ListenerKind) {
         writer_done: Cell::new(false),
         drained: rt::LocalSignal::default(),
         closer,
-        transport: driver.shared.transports.for_kind(kind).map(RefCell::new),
+        transport: driver
+            .shared
+            .transports
+            .for_kind(kind)
+            .map(|transport| Box::new(RefCell::new(Layer { transport, app: BytesMut::new() }))),
         counted: Cell::new(true),
     });
     driver.conns.borrow_mut().insert(id, Rc::clone(&io));
-    rt::spawn_local(read_loop(Rc::clone(driver), id, r, Rc::clone(&io)));
-    rt::spawn_local(write_loop(Rc::clone(driver), id, w, io));
+    rt::spawn_local(run_connection(Rc::clone(driver), id, r, w, io));
 }
 
-async fn read_loop(driver: Rc<Driver>, id: ConnId, mut r: rt::ReadHalf, io: Rc<ConnIo>) {
-    // Starts empty and is dropped whenever fully consumed, so an idle connection holds no
-    // read buffer (the runtime allocates one when data arrives, where it can).
-    let mut buf = BytesMut::new();
-    // MQTT bytes decoded by a transport layer, when there is one.
-    let mut app = BytesMut::new();
-    loop {
-        let (res, b) = r.read(buf).await;
-        buf = b;
-        match res {
-            Ok(0) | Err(_) => {
+/// A connection's one task: its reader and its writer, polled together.
+///
+/// One task, not two, because memory per idle connection is dominated by what each task
+/// holds while it waits; the two halves share the task, its header and its references to the
+/// driver and the connection. Each wake polls both halves (the one that was not woken returns
+/// `Pending` at once, a check of a flag or of its pending operation), the writer second, so
+/// that what a read produced (a CONNACK, a PUBACK) is written in the same turn.
+///
+/// Not an `async fn` (nor are the two halves): an `async fn` keeps each argument twice in its
+/// state (the argument and the local it is moved into), and this state lives as long as the
+/// connection. For the same reason the halves borrow the socket's halves instead of taking
+/// them: what the task captured keeps its place in the state even after being moved out.
+#[allow(clippy::manual_async_fn)] // deliberately not an `async fn`, see above
+fn run_connection(
+    driver: Rc<Driver>,
+    id: ConnId,
+    mut r: rt::ReadHalf,
+    mut w: rt::WriteHalf,
+    io: Rc<ConnIo>,
+) -> impl Future<Output = ()> {
+    async move {
+        // A half that has finished is dropped at once (the writer's buffers).
+        let mut reader = std::pin::pin!(Some(read_loop(&driver, id, &mut r, &io)));
+        let mut writer = std::pin::pin!(Some(write_loop(&driver, id, &mut w, &io)));
+        std::future::poll_fn(|cx| {
+            if let Some(half) = reader.as_mut().as_pin_mut() {
+                if half.poll(cx).is_ready() {
+                    reader.set(None);
+                }
+            }
+            if let Some(half) = writer.as_mut().as_pin_mut() {
+                if half.poll(cx).is_ready() {
+                    writer.set(None);
+                }
+            }
+            if reader.is_none() && writer.is_none() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+    }
+}
+
+#[allow(clippy::manual_async_fn)] // deliberately not an `async fn`, see `run_connection`
+fn read_loop<'a>(
+    driver: &'a Driver,
+    id: ConnId,
+    r: &'a mut rt::ReadHalf,
+    io: &'a ConnIo,
+) -> impl Future<Output = ()> + 'a {
+    async move {
+        // Starts empty and is dropped whenever fully consumed, so an idle connection holds no
+        // read buffer (the runtime allocates one when data arrives, where it can).
+        let mut buf = BytesMut::new();
+        loop {
+            let (res, b) = r.read(buf).await;
+            buf = b;
+            match res {
+                Ok(0) | Err(_) => {
+                    driver.core.borrow_mut().on_closed(id, Instant::now());
+                    driver.dispatch();
+                    break;
+                }
+                // Closed by the broker: discard what the client still sends while lingering.
+                Ok(_) if io.closing.get() => buf.clear(),
+                Ok(_) => match &io.transport {
+                    None => {
+                        driver.core.borrow_mut().on_bytes(id, &mut buf, Instant::now());
+                        driver.dispatch();
+                    }
+                    Some(layer) => {
+                        let (res, ended, wants_write) = {
+                            let mut layer = layer.borrow_mut();
+                            let Layer { transport, app } = &mut *layer;
+                            let res = transport.receive(&mut buf, app);
+                            if !app.is_empty() {
+                                driver.core.borrow_mut().on_bytes(id, app, Instant::now());
+                            }
+                            if app.is_empty() {
+                                *app = BytesMut::new();
+                            }
+                            (res, transport.is_closed(), transport.wants_write())
+                        };
+                        if let Err(e) = &res {
+                            tracing::debug!(core = driver.id, conn = id, error = %e, "transport error");
+                        }
+                        if res.is_err() || ended {
+                            // The writer sends the layer's last words (alert, close frame).
+                            driver.core.borrow_mut().on_closed(id, Instant::now());
+                        }
+                        driver.dispatch();
+                        if wants_write {
+                            io.signal.signal();
+                        }
+                    }
+                },
+            }
+            // Even with no room left, an emptied buffer may still share its allocation with
+            // the packets split off it: replacing it lets that go with them.
+            if buf.is_empty() {
+                buf = BytesMut::new();
+            }
+            // Over its publish rate: what was read waits, and nothing more is read until it
+            // has been handed over (TCP flow control then slows the client down).
+            loop {
+                let pause = driver.core.borrow_mut().read_pause(id, Instant::now());
+                let Some(pause) = pause else { break };
+                rt::sleep(pause).await;
+                if io.closing.get() {
+                    break;
+                }
+                match &io.transport {
+                    None if buf.is_empty() => break,
+                    None => driver.core.borrow_mut().on_bytes(id, &mut buf, Instant::now()),
+                    Some(layer) => {
+                        let app = &mut layer.borrow_mut().app;
+                        if app.is_empty() {
+                            break;
+                        }
+                        driver.core.borrow_mut().on_bytes(id, app, Instant::now());
+                    }
+                }
+                driver.dispatch();
+            }
+            // A client that sends but does not read (PINGREQs, QoS 1 publishes whose PUBACKs
+            // pile up) is not read from while its write queue is over the limit.
+            while !io.closing.get() && driver.core.borrow().pending_write(id) > driver.shared.config.max_write_buffer {
+                io.drained.wait().await;
+            }
+            while driver.shared.congested.load(Ordering::Acquire) > 0 && !io.closing.get() {
+                rt::sleep(Duration::from_millis(1)).await;
+                driver.retry_overflow();
+                driver.update_congestion();
+            }
+        }
+        io.reader_done.set(true);
+    }
+}
+
+#[allow(clippy::manual_async_fn)] // deliberately not an `async fn`, see `run_connection`
+fn write_loop<'a>(
+    driver: &'a Driver,
+    id: ConnId,
+    w: &'a mut rt::WriteHalf,
+    io: &'a ConnIo,
+) -> impl Future<Output = ()> + 'a {
+    async move {
+        // The vector the last write emptied, to be the queue during the next write.
+        let mut spare = Vec::new();
+        loop {
+            let layer_pending = io.transport.as_ref().is_some_and(|l| l.borrow().transport.wants_write());
+            if io.queue.borrow().is_empty() && !layer_pending {
+                // Idle until signalled: the vectors go back to the core's pool.
+                driver.recycle_queue_vec(std::mem::take(&mut spare));
+                let queue = std::mem::take(&mut *io.queue.borrow_mut());
+                driver.recycle_queue_vec(queue);
+                if io.closing.get() {
+                    break;
+                }
+                io.signal.wait().await;
+                continue;
+            }
+            // What is queued goes out; the spare takes its place.
+            let mut chunks = std::mem::replace(&mut *io.queue.borrow_mut(), std::mem::take(&mut spare));
+            // `n` counts MQTT bytes (what the core accounts), not what a layer adds.
+            let n: usize = chunks.iter().map(Bytes::len).sum();
+            if let Some(layer) = &io.transport {
+                let mut wire = Vec::new();
+                if layer.borrow_mut().transport.send(&mut chunks, &mut wire).is_err() {
+                    tracing::debug!(core = driver.id, conn = id, "transport refused to send");
+                }
+                chunks = wire;
+            }
+            // Boxed: a write in flight is a few hundred bytes of state (the operation, the
+            // chunks' iovecs) that would otherwise stay in the connection's task while it is
+            // idle; one allocation per write is cheap next to the write itself.
+            let (res, emptied) = Box::pin(w.write_all(chunks)).await;
+            spare = emptied;
+            driver.core.borrow_mut().on_written(id, n);
+            io.drained.signal();
+            if res.is_err() {
                 driver.core.borrow_mut().on_closed(id, Instant::now());
                 driver.dispatch();
                 break;
             }
-            // Closed by the broker: discard what the client still sends while lingering.
-            Ok(_) if io.closing.get() => buf.clear(),
-            Ok(_) => match &io.transport {
-                None => {
-                    driver.core.borrow_mut().on_bytes(id, &mut buf, Instant::now());
-                    driver.dispatch();
-                }
-                Some(transport) => {
-                    let (res, ended, wants_write) = {
-                        let mut t = transport.borrow_mut();
-                        let res = t.receive(&mut buf, &mut app);
-                        (res, t.is_closed(), t.wants_write())
-                    };
-                    if !app.is_empty() {
-                        driver.core.borrow_mut().on_bytes(id, &mut app, Instant::now());
-                    }
-                    if let Err(e) = &res {
-                        tracing::debug!(core = driver.id, conn = id, error = %e, "transport error");
-                    }
-                    if res.is_err() || ended {
-                        // The writer sends the layer's last words (alert, close frame).
-                        driver.core.borrow_mut().on_closed(id, Instant::now());
-                    }
-                    driver.dispatch();
-                    if wants_write {
-                        io.signal.signal();
-                    }
-                    if app.is_empty() && app.capacity() > 0 {
-                        app = BytesMut::new();
-                    }
-                }
-            },
         }
-        if buf.is_empty() && buf.capacity() > 0 {
-            buf = BytesMut::new();
-        }
-        // Over its publish rate: what was read waits, and nothing more is read until it
-        // has been handed over (TCP flow control then slows the client down).
-        loop {
-            let pause = driver.core.borrow_mut().read_pause(id, Instant::now());
-            let Some(pause) = pause else { break };
-            rt::sleep(pause).await;
-            let pending = if io.transport.is_some() { &mut app } else { &mut buf };
-            if pending.is_empty() || io.closing.get() {
-                break;
-            }
-            driver.core.borrow_mut().on_bytes(id, pending, Instant::now());
-            driver.dispatch();
-        }
-        // A client that sends but does not read (PINGREQs, QoS 1 publishes whose PUBACKs
-        // pile up) is not read from while its write queue is over the limit.
-        while !io.closing.get() && driver.core.borrow().pending_write(id) > driver.shared.config.max_write_buffer {
-            io.drained.wait().await;
-        }
-        while driver.shared.congested.load(Ordering::Acquire) > 0 && !io.closing.get() {
-            rt::sleep(Duration::from_millis(1)).await;
-            driver.retry_overflow();
-            driver.update_congestion();
-        }
-    }
-    io.reader_done.set(true);
-}
-
-async fn write_loop(driver: Rc<Driver>, id: ConnId, mut w: rt::WriteHalf, io: Rc<ConnIo>) {
-    let mut spare = Vec::new();
-    loop {
-        let mut chunks = std::mem::replace(&mut *io.queue.borrow_mut(), spare);
-        let layer_pending = io.transport.as_ref().is_some_and(|t| t.borrow().wants_write());
-        if chunks.is_empty() && !layer_pending {
-            spare = chunks;
-            if io.closing.get() {
-                break;
-            }
-            io.signal.wait().await;
-            continue;
-        }
-        // `n` counts MQTT bytes (what the core accounts), not what a layer adds.
-        let n: usize = chunks.iter().map(Bytes::len).sum();
-        if let Some(transport) = &io.transport {
+        if let Some(layer) = &io.transport {
+            // WebSocket close frame, TLS close_notify.
             let mut wire = Vec::new();
-            if transport.borrow_mut().send(&mut chunks, &mut wire).is_err() {
-                tracing::debug!(core = driver.id, conn = id, "transport refused to send");
+            if layer.borrow_mut().transport.close(&mut wire).is_ok() && !wire.is_empty() {
+                let _ = Box::pin(w.write_all(wire)).await;
             }
-            chunks = wire;
         }
-        let (res, emptied) = w.write_all(chunks).await;
-        spare = emptied;
-        driver.core.borrow_mut().on_written(id, n);
+        if !io.reader_done.get() && w.shutdown_write().is_ok() {
+            // Linger: let the client read our last packets and close its side first.
+            let deadline = Instant::now() + LINGER;
+            while !io.reader_done.get() && Instant::now() < deadline {
+                rt::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let _ = w.close();
+        io.writer_done.set(true);
         io.drained.signal();
-        if res.is_err() {
-            driver.core.borrow_mut().on_closed(id, Instant::now());
-            driver.dispatch();
-            break;
-        }
+        driver.conns.borrow_mut().remove(&id);
+        io.release_slot(&driver.shared);
     }
-    if let Some(transport) = &io.transport {
-        // WebSocket close frame, TLS close_notify.
-        let mut wire = Vec::new();
-        if transport.borrow_mut().close(&mut wire).is_ok() && !wire.is_empty() {
-            let _ = w.write_all(wire).await;
-        }
-    }
-    if !io.reader_done.get() && w.shutdown_write().is_ok() {
-        // Linger: let the client read our last packets and close its side first.
-        let deadline = Instant::now() + LINGER;
-        while !io.reader_done.get() && Instant::now() < deadline {
-            rt::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    let _ = w.close();
-    io.writer_done.set(true);
-    io.drained.signal();
-    driver.conns.borrow_mut().remove(&id);
-    io.release_slot(&driver.shared);
 }
 
 async fn drain_inbox(driver: Rc<Driver>) {
@@ -734,6 +837,22 @@ async fn tick(driver: Rc<Driver>) {
 }
 
 impl Driver {
+    /// An empty vector for a connection's write queue, from this core's pool when it has one.
+    fn queue_vec(&self) -> Vec<Bytes> {
+        self.queue_pool.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Takes back an empty write-queue vector (see [`QUEUE_POOL`]).
+    fn recycle_queue_vec(&self, v: Vec<Bytes>) {
+        if v.capacity() == 0 || v.capacity() > QUEUE_POOL_VEC_MAX || !v.is_empty() {
+            return;
+        }
+        let mut pool = self.queue_pool.borrow_mut();
+        if pool.len() < QUEUE_POOL {
+            pool.push(v);
+        }
+    }
+
     /// Copies this core's counters into the shared metrics (it is their only writer), and
     /// with `gauges` the sizes that take a walk over the sessions.
     fn publish_metrics(&self, gauges: bool) {
@@ -832,7 +951,12 @@ impl Driver {
                 match action {
                     Action::Write(id, bytes) => {
                         if let Some(io) = conns.get(&id) {
-                            io.queue.borrow_mut().push(bytes);
+                            let mut queue = io.queue.borrow_mut();
+                            if queue.capacity() == 0 {
+                                *queue = self.queue_vec();
+                            }
+                            queue.push(bytes);
+                            drop(queue);
                             io.signal.signal();
                         }
                     }

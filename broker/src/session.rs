@@ -56,6 +56,11 @@ pub struct StoredSubscription {
     pub since: Vec<(usize, u64)>,
 }
 
+/// The hasher of session maps whose keys the broker chooses (packet ids it allocates, shard
+/// indices), so a client cannot aim collisions at them: unkeyed, it takes no room in the map
+/// (`RandomState` takes 16 bytes in each, of every session).
+pub type BrokerKeys = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+
 /// What outlives a connection. Moves between cores on takeover, so it is `Send`.
 #[derive(Debug)]
 pub struct Session {
@@ -72,7 +77,7 @@ pub struct Session {
     pub expires_at: Option<Instant>,
     /// Keyed by the full filter as subscribed (including any `$share/group/` prefix).
     pub subscriptions: HashMap<Bytes, StoredSubscription>,
-    pub inflight: HashMap<u16, Inflight>,
+    pub inflight: HashMap<u16, Inflight, BrokerKeys>,
     /// Inflight packet ids not yet resent on the current connection, oldest first: after a
     /// reconnect they go out as the new connection's Receive Maximum allows [MQTT-3.3.4-9].
     pub resend: VecDeque<u16>,
@@ -85,14 +90,15 @@ pub struct Session {
     /// Inbound QoS 2 packet ids between PUBREC and PUBREL: a resent PUBLISH with one of
     /// these ids is not delivered again (exactly once, [MQTT-4.3.3-9]).
     pub incoming_qos2: HashSet<u16>,
-    /// The will of the current or last connection, until published or discarded.
-    pub will: Option<Will>,
+    /// The will of the current or last connection, until published or discarded. Boxed:
+    /// a `Will` is 472 bytes, and most sessions have none.
+    pub will: Option<Box<Will>>,
     /// When a delayed will becomes due (connection lost, will delay running).
     pub will_due: Option<Instant>,
     /// Due time of this session's one live timer-heap entry.
     pub timer_at: Option<Instant>,
     /// Per shard, the highest log sequence number offered to this session.
-    pub seen: HashMap<usize, u64>,
+    pub seen: HashMap<usize, u64, BrokerKeys>,
     /// Whether a snapshot of this session is in a log (so its end must be logged too).
     pub persisted: bool,
     /// Progress not yet checkpointed.
@@ -113,7 +119,7 @@ impl Session {
             expiry_interval: 0,
             expires_at: None,
             subscriptions: HashMap::new(),
-            inflight: HashMap::new(),
+            inflight: HashMap::default(),
             resend: VecDeque::new(),
             next_seq: 0,
             next_pkid: 1,
@@ -123,7 +129,7 @@ impl Session {
             will: None,
             will_due: None,
             timer_at: None,
-            seen: HashMap::new(),
+            seen: HashMap::default(),
             persisted: false,
             progress_dirty: false,
             acl: None,
@@ -139,7 +145,7 @@ impl Session {
     /// more: everything it was offered from that shard, except what still waits in its
     /// queue or for an acknowledgement.
     pub fn watermarks(&self) -> Vec<(usize, u64)> {
-        let mut marks: HashMap<usize, u64> = self.seen.clone();
+        let mut marks = self.seen.clone();
         let owed = self.inflight.values().map(|f| &f.out).chain(self.queue.iter());
         for (shard, seq) in owed.filter_map(|o| o.origin) {
             if let Some(m) = marks.get_mut(&shard) {
@@ -240,8 +246,8 @@ pub struct Conn {
     pub client_max_packet: usize,
     /// The client's Topic Alias Maximum (server-to-client aliases we may use).
     pub client_alias_max: u16,
-    pub aliases_in: HashMap<u16, Bytes>,
-    pub aliases_out: HashMap<Bytes, u16>,
+    pub aliases_in: LazyMap<u16, Bytes>,
+    pub aliases_out: LazyMap<Bytes, u16>,
     /// Inbound QoS 1 publishes handed to the shard and not yet acknowledged.
     pub unacked_qos1: usize,
     /// Bytes handed to the writer and not yet written.
@@ -249,7 +255,8 @@ pub struct Conn {
     /// Clean Start / Clean Session of the CONNECT, kept while the session is fetched.
     pub clean_start: bool,
     pub session_expiry: u32,
-    pub will: Option<Will>,
+    /// Boxed: a `Will` is 472 bytes, and most connections have none.
+    pub will: Option<Box<Will>>,
     pub server_keep_alive: Option<u16>,
     pub assigned_client_id: bool,
     /// What this client may publish and subscribe to (`None`: no ACL file).
@@ -275,8 +282,8 @@ impl Conn {
             client_receive_max: u16::MAX,
             client_max_packet: codec::MAX_REMAINING_LENGTH + 5,
             client_alias_max: 0,
-            aliases_in: HashMap::new(),
-            aliases_out: HashMap::new(),
+            aliases_in: LazyMap::default(),
+            aliases_out: LazyMap::default(),
             unacked_qos1: 0,
             pending_write: 0,
             clean_start: true,
@@ -311,6 +318,41 @@ impl Conn {
             return Some(self.accepted_at + CONNECT_TIMEOUT);
         }
         (!self.keep_alive.is_zero()).then(|| self.last_seen + self.keep_alive * 3 / 2)
+    }
+}
+
+/// A hash map that allocates nothing, and takes one pointer, until its first entry. For topic
+/// aliases, which most clients never use: two empty `HashMap`s would cost every connection 96
+/// bytes.
+#[derive(Debug)]
+#[allow(clippy::box_collection)] // the box is the point: one pointer while empty
+pub struct LazyMap<K, V>(Option<Box<HashMap<K, V>>>);
+
+impl<K, V> Default for LazyMap<K, V> {
+    fn default() -> Self {
+        LazyMap(None)
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V> LazyMap<K, V> {
+    pub fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.0.as_ref()?.get(key)
+    }
+
+    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        self.0.get_or_insert_with(Default::default).insert(key, value)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |m| m.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

@@ -16,11 +16,14 @@
 //!
 //! Invariant: nothing here blocks a core's thread; all waiting is `async`.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -96,13 +99,18 @@ where
 }
 
 /// Sleeps until `deadline`.
+///
+/// The timer is boxed: tokio's `Sleep` is about 100 bytes, and held inline it would make every
+/// task that can ever sleep that much bigger for its whole life, sleeping or not (each
+/// connection's task, for its rate-limit pause and its linger). Sleeps are rare next to reads
+/// and writes, so the allocation is cheap.
 pub async fn sleep_until(deadline: Instant) {
-    tokio::time::sleep_until(deadline.into()).await
+    Box::pin(tokio::time::sleep_until(deadline.into())).await
 }
 
-/// Sleeps for `duration`.
+/// Sleeps for `duration` (boxed, see [`sleep_until`]).
 pub async fn sleep(duration: Duration) {
-    tokio::time::sleep(duration).await
+    Box::pin(tokio::time::sleep(duration)).await
 }
 
 /// Lets other tasks on this core run.
@@ -191,7 +199,11 @@ impl Stream {
     /// share the one socket (no duplicated descriptor).
     pub fn into_split(self) -> io::Result<(ReadHalf, WriteHalf, Closer)> {
         let inner = Rc::new(self.inner);
-        Ok((ReadHalf { inner: Rc::clone(&inner) }, WriteHalf { inner: Rc::clone(&inner) }, Closer { inner }))
+        Ok((
+            ReadHalf { inner: Rc::clone(&inner), drained: true },
+            WriteHalf { inner: Rc::clone(&inner) },
+            Closer { inner },
+        ))
     }
 }
 
@@ -209,34 +221,102 @@ impl Closer {
 
 pub struct ReadHalf {
     inner: Rc<tokio::net::TcpStream>,
+    /// The last read found the socket drained (it brought less than its room, or nothing),
+    /// so the readiness tokio still reports may be stale (see [`ReadHalf::read`]).
+    drained: bool,
 }
 
+/// What a read of a probably drained socket tries first, into a stack buffer.
+const PROBE: usize = 1024;
+/// The room a read reserves when the socket is expected to have more.
+const READ_ROOM: usize = 8 * 1024;
+
 impl ReadHalf {
+    /// Waits until the socket is readable. `poll_read_ready` rather than `readable()`: the
+    /// latter's future (an intrusive waiter, 152 bytes) would be part of every connection's
+    /// task while it waits; this one holds a reference. Only this half reads, so the one
+    /// waker slot `poll_read_ready` keeps is enough.
+    fn read_ready(&self) -> impl Future<Output = io::Result<()>> + '_ {
+        std::future::poll_fn(|cx| self.inner.poll_read_ready(cx))
+    }
+
     /// Appends what is available to `buf` and returns the count, 0 at end of stream, with
     /// the buffer. When `buf` has no room it waits for data before growing it, so an idle
     /// connection given an empty buffer holds no buffer memory while it waits.
-    pub async fn read(&mut self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
-        loop {
-            if buf.capacity() - buf.len() < 1024 {
-                if let Err(e) = self.inner.readable().await {
-                    return (Err(e), buf);
-                }
-                buf.reserve(8 * 1024);
-            }
-            match self.inner.try_read_buf(&mut buf) {
-                Ok(n) => {
-                    // `try_read_buf` does not spend tokio's cooperative budget; without this a
-                    // publisher that always has data waiting would keep its core's other tasks
-                    // (writers, the inbox) from running.
-                    tokio::task::consume_budget().await;
-                    return (Ok(n), buf);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if let Err(e) = self.inner.readable().await {
+    ///
+    /// tokio clears a socket's readiness only when a read finds nothing, so after a read that
+    /// drained the socket (the usual case) the next readiness wait returns at once. Reserving
+    /// room then would mean allocating it only to give it back when the read finds nothing
+    /// (or keeping it for as long as the peer stays silent). So after such a read, the next
+    /// one goes first into a 1 KiB stack buffer, and room is allocated only for what came (when
+    /// that fills it, 8 KiB more is read at once); a read that filled its room (more is likely
+    /// waiting) reserves 8 KiB and reads into it.
+    ///
+    /// Not an `async fn`: that would keep `self` and `buf` twice in the future, which a waiting
+    /// connection holds for as long as it is silent.
+    #[allow(clippy::manual_async_fn)] // deliberately not an `async fn`, see above
+    pub fn read(&mut self, mut buf: BytesMut) -> impl Future<Output = (io::Result<usize>, BytesMut)> + '_ {
+        async move {
+            // A buffer with room (a partial packet's) is read into at once.
+            let mut wait_first = buf.capacity() - buf.len() < 1024;
+            loop {
+                if wait_first {
+                    if let Err(e) = self.read_ready().await {
                         return (Err(e), buf);
                     }
                 }
-                Err(e) => return (Err(e), buf),
+                wait_first = true;
+                let room = buf.capacity() - buf.len();
+                let got = if room < 1024 && self.drained {
+                    let mut probe = [0u8; PROBE];
+                    match self.inner.try_read(&mut probe) {
+                        Ok(n) if n == PROBE => {
+                            // More is likely waiting: read it now, in the same turn.
+                            buf.reserve(PROBE + READ_ROOM);
+                            buf.extend_from_slice(&probe);
+                            let room = buf.capacity() - buf.len();
+                            match self.inner.try_read_buf(&mut buf) {
+                                Ok(more) => {
+                                    self.drained = more < room;
+                                    Ok(n + more)
+                                }
+                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
+                                Err(e) => Err(e),
+                            }
+                        }
+                        Ok(n) => {
+                            buf.extend_from_slice(&probe[..n]);
+                            self.drained = true;
+                            Ok(n)
+                        }
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    let reserved = room < 1024;
+                    if reserved {
+                        buf.reserve(READ_ROOM);
+                    }
+                    let room = buf.capacity() - buf.len();
+                    let got = self.inner.try_read_buf(&mut buf);
+                    match &got {
+                        Ok(n) => self.drained = *n < room,
+                        // Nothing after all: the room goes back before the wait.
+                        Err(_) if reserved && buf.is_empty() => buf = BytesMut::new(),
+                        Err(_) => {}
+                    }
+                    got
+                };
+                match got {
+                    Ok(n) => {
+                        // `try_read` does not spend tokio's cooperative budget; without this a
+                        // publisher that always has data waiting would keep its core's other
+                        // tasks (writers, the inbox) from running.
+                        tokio::task::consume_budget().await;
+                        return (Ok(n), buf);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.drained = true,
+                    Err(e) => return (Err(e), buf),
+                }
             }
         }
     }
@@ -254,19 +334,24 @@ impl WriteHalf {
     pub async fn write_all(&mut self, mut chunks: Vec<Bytes>) -> (io::Result<()>, Vec<Bytes>) {
         let mut first = 0;
         while first < chunks.len() {
-            let mut slices = [io::IoSlice::new(&[]); MAX_IOVECS];
-            let count = chunks.len().min(first + MAX_IOVECS) - first;
-            for (slot, chunk) in slices.iter_mut().zip(&chunks[first..first + count]) {
-                *slot = io::IoSlice::new(chunk);
-            }
-            let mut written = match self.inner.try_write_vectored(&slices[..count]) {
+            // In a block, so that the 1 KiB of slices is not part of the future's state across
+            // the wait for writability below.
+            let tried = {
+                let mut slices = [io::IoSlice::new(&[]); MAX_IOVECS];
+                let count = chunks.len().min(first + MAX_IOVECS) - first;
+                for (slot, chunk) in slices.iter_mut().zip(&chunks[first..first + count]) {
+                    *slot = io::IoSlice::new(chunk);
+                }
+                self.inner.try_write_vectored(&slices[..count])
+            };
+            let mut written = match tried {
                 Ok(0) => {
                     chunks.clear();
                     return (Err(io::ErrorKind::WriteZero.into()), chunks);
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if let Err(e) = self.inner.writable().await {
+                    if let Err(e) = std::future::poll_fn(|cx| self.inner.poll_write_ready(cx)).await {
                         chunks.clear();
                         return (Err(e), chunks);
                     }
@@ -327,17 +412,133 @@ impl Wakeup {
     }
 }
 
-/// A same-core signal between tasks (e.g. "this connection has bytes to write").
+/// A same-core signal between tasks (e.g. "this connection has bytes to write"), with permit
+/// semantics: a signal while nobody waits is kept for the next wait.
+///
+/// One task waits on a signal at a time (like `AtomicWaker`): a wait registers its task's
+/// waker in place of the previous one. That takes no allocation, and it cannot pile up
+/// copies of one task's waker: `Waker::will_wake` may say two wakers of the same task
+/// differ (their vtables can be distinct copies), so a list of waiters would grow with each
+/// poll of a task that waits while it is woken for other reasons (a connection's task is
+/// polled for its reads and its writes alike).
 #[derive(Default)]
 pub struct LocalSignal {
-    inner: tokio::sync::Notify,
+    permit: Cell<bool>,
+    waker: Cell<Option<Waker>>,
 }
 
 impl LocalSignal {
     pub fn signal(&self) {
-        self.inner.notify_one();
+        self.permit.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
     }
+
     pub async fn wait(&self) {
-        self.inner.notified().await
+        LocalWait { signal: self }.await
+    }
+}
+
+struct LocalWait<'a> {
+    signal: &'a LocalSignal,
+}
+
+impl Future for LocalWait<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.signal.permit.replace(false) {
+            return Poll::Ready(());
+        }
+        let waker = match self.signal.waker.take() {
+            Some(w) if w.will_wake(cx.waker()) => w,
+            _ => cx.waker().clone(),
+        };
+        self.signal.waker.set(Some(waker));
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    /// Runs `f` on a current-thread runtime with a `LocalSet`, as a core does.
+    fn on_core<F: Future<Output = ()>>(f: F) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        tokio::task::LocalSet::new().block_on(&rt, f);
+    }
+
+    fn loopback() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+
+    #[test]
+    fn reads_given_empty_buffers_return_every_byte_in_order() {
+        on_core(async {
+            let listener = Listener::bind(loopback()).expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+            let client = std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(addr).expect("connect");
+                for chunk in rx {
+                    s.write_all(&chunk).expect("write");
+                }
+            });
+            let (stream, _) = listener.accept().await.expect("accept");
+            let (mut r, _w, _c) = stream.into_split().expect("split");
+            // Small writes with pauses (reads of a drained socket, through the stack buffer),
+            // then bulk (the stack buffer fills and the read goes on into reserved room).
+            let mut sent = Vec::new();
+            for i in 0..20u8 {
+                let chunk = vec![i; 1 + usize::from(i) * 7];
+                sent.extend_from_slice(&chunk);
+                tx.send(chunk).expect("send");
+                sleep(Duration::from_millis(2)).await;
+            }
+            let bulk: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+            sent.extend_from_slice(&bulk);
+            tx.send(bulk).expect("send");
+            drop(tx);
+            let mut got = Vec::new();
+            loop {
+                let (res, buf) = r.read(BytesMut::new()).await;
+                let n = res.expect("read");
+                assert_eq!(buf.len(), n);
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf);
+            }
+            assert_eq!(got.len(), sent.len());
+            assert!(got == sent, "bytes differ");
+            client.join().expect("client");
+        });
+    }
+
+    #[test]
+    fn local_signal_has_permit_semantics() {
+        on_core(async {
+            let signal = Rc::new(LocalSignal::default());
+            signal.signal();
+            signal.wait().await;
+            let s = Rc::clone(&signal);
+            let got = Rc::new(Cell::new(0));
+            let g = Rc::clone(&got);
+            spawn_local(async move {
+                loop {
+                    s.wait().await;
+                    g.set(g.get() + 1);
+                }
+            });
+            yield_now().await;
+            assert_eq!(got.get(), 0);
+            signal.signal();
+            yield_now().await;
+            yield_now().await;
+            assert_eq!(got.get(), 1);
+        });
     }
 }

@@ -52,7 +52,7 @@
 //!   effect as the container profiles.
 #![cfg(target_os = "linux")]
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -84,6 +84,29 @@ const RING_ENTRIES: u32 = 1024;
 const SMALL_RING_ENTRIES: u32 = 256;
 /// Chunks handed to one `writev` (IOV_MAX is 1024).
 const MAX_IOVECS: usize = 256;
+/// iovec vectors kept for reuse per core (one is in use per write in flight).
+const IOVEC_POOL: usize = 64;
+
+thread_local! {
+    /// This core's spare iovec vectors. Per core, not per connection: kept by each
+    /// connection they would cost every idle one, and made for each write they would cost
+    /// an allocation per write.
+    static IOVECS: std::cell::RefCell<Vec<Vec<libc::iovec>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn iovec_pool_take() -> Vec<libc::iovec> {
+    IOVECS.with(|pool| pool.borrow_mut().pop()).unwrap_or_default()
+}
+
+fn iovec_pool_give(mut iovecs: Vec<libc::iovec>) {
+    iovecs.clear();
+    IOVECS.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.len() < IOVEC_POOL {
+            pool.push(iovecs);
+        }
+    });
+}
 
 // ---------------------------------------------------------------------------
 // Ring setup and fallback
@@ -429,13 +452,18 @@ where
 }
 
 /// Sleeps until `deadline`.
+///
+/// The timer is boxed: monoio's `Sleep` is 768 bytes and 128-byte aligned (its timer entry
+/// is cache-padded), and held inline it would make every task that can ever sleep that big
+/// for its whole life, sleeping or not (each connection's task, for its rate-limit pause
+/// and its linger). Sleeps are rare next to reads and writes, so the allocation is cheap.
 pub async fn sleep_until(deadline: Instant) {
-    monoio::time::sleep_until(monoio::time::Instant::from_std(deadline)).await
+    Box::pin(monoio::time::sleep_until(monoio::time::Instant::from_std(deadline))).await
 }
 
-/// Sleeps for `duration`.
+/// Sleeps for `duration` (boxed, see [`sleep_until`]).
 pub async fn sleep(duration: Duration) {
-    monoio::time::sleep(duration).await
+    Box::pin(monoio::time::sleep(duration)).await
 }
 
 /// Lets other tasks on this core run: the task goes to the back of the core's run queue.
@@ -597,11 +625,12 @@ impl Stream {
         let fd = self.inner.as_raw_fd();
         let stream = monoio::net::TcpStream::from_std(self.inner)?;
         let (r, w) = stream.into_split();
-        let open = Rc::new(());
-        let closer = Closer { fd, open: Rc::downgrade(&open) };
+        // The halves share the stream through monoio's `Rc`; a weak reference to it tells the
+        // closer whether the descriptor is still open, with no allocation of its own.
+        let closer = Closer { fd, open: Rc::downgrade(&r.0) };
         Ok((
-            ReadHalf { inner: r, _open: Rc::clone(&open), next_room: READ_ROOM_START, ready_streak: 0 },
-            WriteHalf { inner: w, fd, _open: open, iovecs: Vec::new() },
+            ReadHalf { inner: r, next_room: READ_ROOM_START, ready_streak: 0, quiet: true, first_done: false },
+            WriteHalf { inner: w, fd },
             closer,
         ))
     }
@@ -611,8 +640,8 @@ impl Stream {
 /// peer that stopped reading, or a read waiting on a silent peer, returns at once.
 pub struct Closer {
     fd: std::os::fd::RawFd,
-    /// Alive while either half (and so the descriptor) is.
-    open: std::rc::Weak<()>,
+    /// The stream the halves share: alive while either half (and so the descriptor) is.
+    open: std::rc::Weak<std::cell::UnsafeCell<monoio::net::TcpStream>>,
 }
 
 impl Closer {
@@ -635,11 +664,15 @@ fn shutdown(fd: std::os::fd::RawFd, how: std::net::Shutdown) -> io::Result<()> {
 
 pub struct ReadHalf {
     inner: OwnedReadHalf<monoio::net::TcpStream>,
-    _open: Rc<()>,
     /// Room to give the next read when the caller's buffer has none (see [`ReadHalf::read`]).
     next_room: usize,
     /// Reads in a row that completed without waiting (see [`ReadHalf::read`]).
     ready_streak: u32,
+    /// The connection looks quiet: a read given an empty buffer first waits until the
+    /// socket is readable, and only then reserves room (see [`ReadHalf::read`]).
+    quiet: bool,
+    /// The first read (usually the CONNECT) has completed.
+    first_done: bool,
 }
 
 /// Reads in a row that may complete without waiting before the reading task yields.
@@ -669,6 +702,24 @@ impl<F: Future + Unpin> Future for NoteReady<F> {
 const READ_ROOM_MIN: usize = 512;
 const READ_ROOM_START: usize = 2 * 1024;
 const READ_ROOM_MAX: usize = 64 * 1024;
+/// A read that waited at least this long for data marks the connection quiet (unless it
+/// brought a lot). Measured on the coarse clock, so in effect "at least one clock tick"
+/// (1 to 10 ms depending on the kernel's HZ).
+const QUIET_WAIT: Duration = Duration::from_millis(1);
+
+/// `CLOCK_MONOTONIC_COARSE`: a few nanoseconds to read (no hardware counter), which matters
+/// at two reads of the clock per receive; its resolution (a kernel tick) is plenty to tell a
+/// connection that waits for milliseconds from one that does not.
+fn coarse_now() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call, which only
+    // writes it; CLOCK_MONOTONIC_COARSE exists on every Linux this crate runs on (2.6.32+).
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
 
 impl ReadHalf {
     /// Appends what is available to `buf` and returns the count, 0 at end of stream, with
@@ -681,38 +732,80 @@ impl ReadHalf {
     /// used under a quarter (down to 512 bytes, so an idle connection that the caller gives an
     /// empty buffer holds only that while it waits).
     ///
+    /// A connection that is quiet (its last read waited at least a clock tick and brought
+    /// less than [`READ_ROOM_MIN`], or it has only sent its first packet so far) would hold
+    /// that room for as long as it stays silent, which for an idle client is its whole life.
+    /// (The size matters as much as the wait: on a busy core a read can wait for the core
+    /// rather than for data, and it then brings plenty.) So when the caller
+    /// hands an empty buffer to a quiet connection, the read first waits until the socket is
+    /// readable (a `POLL_ADD` on io_uring, the readiness state on epoll) and only then reserves
+    /// room and receives, which completes at once: an idle connection holds no buffer. Busy
+    /// connections skip the wait, so they pay no extra operation per read.
+    ///
     /// On the epoll driver a read of a socket with data waiting completes at once, without
     /// returning to the scheduler; a task reading a busy publisher in a loop would then never
     /// let the core's other tasks (the writers) run. After 16 such reads in a row the read
     /// yields first. (On io_uring every read waits for its completion, so this never triggers.)
-    pub async fn read(&mut self, mut buf: BytesMut) -> (io::Result<usize>, BytesMut) {
-        if buf.capacity() - buf.len() < READ_ROOM_MIN {
-            buf.reserve(self.next_room);
-        }
-        let (len, cap) = (buf.len(), buf.capacity());
-        let room = cap - len;
-        // The kernel writes into the spare capacity after the bytes already held; monoio
-        // advances the length by what it wrote.
-        let read = std::pin::pin!(self.inner.read(buf.slice_mut(len..cap)));
-        let mut op = NoteReady { inner: read, polled: false, ready_at_once: false };
-        let (res, slice) = (&mut op).await;
-        if op.ready_at_once {
-            self.ready_streak += 1;
-            if self.ready_streak >= READY_STREAK_YIELD {
+    ///
+    /// Not an `async fn`: that would keep `self` and `buf` twice in the future, which a waiting
+    /// connection holds for as long as it is silent.
+    #[allow(clippy::manual_async_fn)] // deliberately not an `async fn`, see above
+    pub fn read(&mut self, mut buf: BytesMut) -> impl Future<Output = (io::Result<usize>, BytesMut)> + '_ {
+        async move {
+            let started = coarse_now();
+            if self.quiet && buf.is_empty() {
+                // SAFETY: the stream lives in the `Rc<UnsafeCell<..>>` shared by the two halves,
+                // which outlives this borrow (`self.inner` holds one count). Everything that
+                // touches it runs on this thread, and the other half only takes a `&mut` for the
+                // moment it takes to create an operation (which clones the descriptor's handle),
+                // never across an await. This borrow is used only when the poll operation is
+                // created, likewise.
+                let stream = unsafe { &*self.inner.0.get() };
+                // Not relaxed: on epoll, readiness left over from the last read (which did not
+                // drain the socket to EAGAIN) must not count, or the receive below would wait.
+                if let Err(e) = stream.readable(false).await {
+                    return (Err(e), buf);
+                }
+            }
+            if buf.capacity() - buf.len() < READ_ROOM_MIN {
+                buf.reserve(self.next_room);
+            }
+            let (len, cap) = (buf.len(), buf.capacity());
+            let room = cap - len;
+            // In a block, so that the receive has ended before the yield below. Boxed: its
+            // future is larger than all the rest of this one, and inline it would be part of
+            // every connection's task for good, while it is needed only during a receive.
+            let (res, slice, ready_at_once) = {
+                // The kernel writes into the spare capacity after the bytes already held; monoio
+                // advances the length by what it wrote.
+                let read = Box::pin(self.inner.read(buf.slice_mut(len..cap)));
+                let mut op = NoteReady { inner: read, polled: false, ready_at_once: false };
+                let (res, slice) = (&mut op).await;
+                (res, slice, op.ready_at_once)
+            };
+            if ready_at_once {
+                self.ready_streak += 1;
+                if self.ready_streak >= READY_STREAK_YIELD {
+                    self.ready_streak = 0;
+                    yield_now().await;
+                }
+            } else {
                 self.ready_streak = 0;
-                yield_now().await;
             }
-        } else {
-            self.ready_streak = 0;
-        }
-        if let Ok(n) = res {
-            if n >= room - room / 4 {
-                self.next_room = (self.next_room * 2).min(READ_ROOM_MAX);
-            } else if n < room / 4 {
-                self.next_room = (self.next_room / 2).max(READ_ROOM_MIN);
+            if let Ok(n) = res {
+                if n >= room - room / 4 {
+                    self.next_room = (self.next_room * 2).min(READ_ROOM_MAX);
+                } else if n < room / 4 {
+                    self.next_room = (self.next_room / 2).max(READ_ROOM_MIN);
+                }
+                // The first read stays quiet: a client that sends CONNECT and then nothing is the
+                // idle connection this is for, and its CONNECT arrives right after the accept.
+                let waited = coarse_now().saturating_sub(started);
+                self.quiet = !self.first_done || (waited >= QUIET_WAIT && n < READ_ROOM_MIN);
+                self.first_done = true;
             }
+            (res, slice.into_inner())
         }
-        (res, slice.into_inner())
     }
 }
 
@@ -720,9 +813,6 @@ pub struct WriteHalf {
     inner: OwnedWriteHalf<monoio::net::TcpStream>,
     /// The socket's descriptor (owned by `inner`), for shutdowns.
     fd: std::os::fd::RawFd,
-    _open: Rc<()>,
-    /// Reused iovec storage.
-    iovecs: Vec<libc::iovec>,
 }
 
 /// The chunks of one `writev`, owned by the operation while the kernel reads them.
@@ -779,7 +869,7 @@ unsafe impl IoVecBuf for Chunks {
 impl WriteHalf {
     /// Writes every chunk fully (vectored) and gives the emptied vector back for reuse.
     pub async fn write_all(&mut self, chunks: Vec<Bytes>) -> (io::Result<()>, Vec<Bytes>) {
-        let mut buf = Chunks { chunks, first: 0, iovecs: std::mem::take(&mut self.iovecs) };
+        let mut buf = Chunks { chunks, first: 0, iovecs: iovec_pool_take() };
         let result = loop {
             if buf.done() {
                 break Ok(());
@@ -794,9 +884,8 @@ impl WriteHalf {
                 Err(e) => break Err(e),
             }
         };
-        let Chunks { mut chunks, mut iovecs, .. } = buf;
-        iovecs.clear();
-        self.iovecs = iovecs;
+        let Chunks { mut chunks, iovecs, .. } = buf;
+        iovec_pool_give(iovecs);
         chunks.clear();
         (result, chunks)
     }
@@ -872,18 +961,23 @@ impl Future for WakeupWait<'_> {
 
 /// A same-core signal between tasks (e.g. "this connection has bytes to write"), with permit
 /// semantics: a signal while nobody waits is kept for the next wait.
+///
+/// One task waits on a signal at a time (like `AtomicWaker`): a wait registers its task's
+/// waker in place of the previous one. That takes no allocation, and it cannot pile up
+/// copies of one task's waker: `Waker::will_wake` may say two wakers of the same task
+/// differ (their vtables can be distinct copies), so a list of waiters would grow with each
+/// poll of a task that waits while it is woken for other reasons (a connection's task is
+/// polled for its reads and its writes alike).
 #[derive(Default)]
 pub struct LocalSignal {
     permit: Cell<bool>,
-    waiters: RefCell<Vec<Waker>>,
+    waker: Cell<Option<Waker>>,
 }
 
 impl LocalSignal {
     pub fn signal(&self) {
         self.permit.set(true);
-        // Wake every waiter; the first to run takes the permit, the others wait again.
-        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-        for w in waiters {
+        if let Some(w) = self.waker.take() {
             w.wake();
         }
     }
@@ -903,10 +997,11 @@ impl Future for LocalWait<'_> {
         if self.signal.permit.replace(false) {
             return Poll::Ready(());
         }
-        let mut waiters = self.signal.waiters.borrow_mut();
-        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
-            waiters.push(cx.waker().clone());
-        }
+        let waker = match self.signal.waker.take() {
+            Some(w) if w.will_wake(cx.waker()) => w,
+            _ => cx.waker().clone(),
+        };
+        self.signal.waker.set(Some(waker));
         Poll::Pending
     }
 }

@@ -1,6 +1,7 @@
 //! Tests of the runtime API, each run on both drivers (io_uring, when this machine allows it,
 //! and epoll).
 
+use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::rc::Rc;

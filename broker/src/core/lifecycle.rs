@@ -113,7 +113,7 @@ impl Core {
             w.topic = owned(&w.topic);
             w.payload = owned(&w.payload);
             detach_properties(&mut w.properties);
-            w
+            Box::new(w)
         });
         if v5 {
             let p = &c.properties;
@@ -207,7 +207,7 @@ impl Core {
             self.repoint_subscriptions(&session);
         }
         let client_id = session.client_id.clone();
-        self.sessions.insert(client_id.clone(), session);
+        self.sessions.insert(client_id.clone(), Box::new(session));
         self.persist_session(&client_id, now);
         for packet in pending {
             if self.conns.contains_key(&id) {
@@ -235,13 +235,20 @@ impl Core {
     /// A session arrived for a connection that closed while waiting for it. The session
     /// continues as that connection left it: its will and session expiry apply as if the
     /// connection had been established and then lost.
-    pub(super) fn adopt_orphan(&mut self, mut s: Session, claim: u64, expiry: u32, will: Option<Will>, now: Instant) {
+    pub(super) fn adopt_orphan(
+        &mut self,
+        mut s: Session,
+        claim: u64,
+        expiry: u32,
+        will: Option<Box<Will>>,
+        now: Instant,
+    ) {
         if !self.registry.owns(&s.client_id, claim) {
             // Yet another connection claimed the client id meanwhile; its takeover request
             // was deferred here and carries the session on.
             if let Some(t) = self.deferred_takeovers.remove(&s.client_id) {
                 s.conn = None;
-                self.sessions.insert(s.client_id.clone(), s);
+                self.sessions.insert(s.client_id.clone(), Box::new(s));
                 self.handle_message(t, now);
             } else {
                 s.will = None;
@@ -302,7 +309,7 @@ impl Core {
         // The old connection's will (spec 3.1.3.2.2): sent now if its delay is 0 or the
         // session ends; a delayed will is cancelled when the session continues on the new
         // connection [MQTT-3.1.3-9].
-        let delay = s.will.as_ref().map_or(0, will_delay);
+        let delay = s.will.as_deref().map_or(0, will_delay);
         if ends || (was_connected && delay == 0) {
             if let Some(w) = s.will.take() {
                 self.publish_will(&s.client_id, w, now);
@@ -312,7 +319,7 @@ impl Core {
         s.will_due = None;
         s.timer_at = None;
         if ends {
-            self.end_session(s, now);
+            self.end_session(*s, now);
             self.send(new_core, CoreMsg::Handoff { client_id, conn, claim: new_claim, session: None });
             return;
         }
@@ -321,7 +328,7 @@ impl Core {
             self.moved.insert(client_id.clone(), (s.epoch, new_core, tomb_until));
             self.timers.push(Reverse((tomb_until, Timer::Tombstone(client_id.clone()))));
         }
-        self.send(new_core, CoreMsg::Handoff { client_id, conn, claim: new_claim, session: Some(Box::new(s)) });
+        self.send(new_core, CoreMsg::Handoff { client_id, conn, claim: new_claim, session: Some(s) });
     }
 
     pub(super) fn on_disconnect(&mut self, id: ConnId, d: Disconnect, now: Instant) {
@@ -408,7 +415,7 @@ impl Core {
             return;
         }
         session.conn = None;
-        self.detach(session, how.will, now);
+        self.detach(*session, how.will, now);
     }
 
     /// Applies the end of a session's connection: its will (published now, or when the will
@@ -441,7 +448,7 @@ impl Core {
     pub(super) fn park_session(&mut self, mut session: Session, now: Instant) {
         arm_session_timer(&mut session, &mut self.timers);
         let client_id = session.client_id.clone();
-        self.sessions.insert(client_id.clone(), session);
+        self.sessions.insert(client_id.clone(), Box::new(session));
         self.persist_session(&client_id, now);
     }
 
@@ -456,7 +463,7 @@ impl Core {
         }
         if session.expires_at.is_some_and(|t| t <= now) {
             if let Some(s) = self.sessions.remove(client_id) {
-                self.end_session(s, now);
+                self.end_session(*s, now);
             }
             return;
         }
@@ -489,7 +496,8 @@ impl Core {
         self.registry.release(&s.client_id, s.claim);
     }
 
-    pub(super) fn publish_will(&mut self, client_id: &Bytes, w: Will, now: Instant) {
+    pub(super) fn publish_will(&mut self, client_id: &Bytes, w: Box<Will>, now: Instant) {
+        let w = *w;
         let mut p = Publish::new(w.topic.clone(), w.qos, w.payload);
         p.retain = w.retain;
         p.properties = w.properties;

@@ -196,9 +196,12 @@ pub struct Core {
     config: Arc<Config>,
     limits: Limits,
     registry: Arc<Registry>,
-    conns: HashMap<ConnId, Conn>,
+    /// Boxed, as are the sessions: a hash table keeps up to about twice as many slots as
+    /// entries, and with values inline every empty slot would be as large as a `Conn` (a few
+    /// hundred bytes), and idle connections would pay for them (benchmarks issue, item 5).
+    conns: HashMap<ConnId, Box<Conn>>,
     next_conn: ConnId,
-    sessions: HashMap<Bytes, Session>,
+    sessions: HashMap<Bytes, Box<Session>>,
     /// Sessions handed to another core: (epoch, core, until). Deliveries still addressed
     /// here for that epoch are forwarded.
     moved: HashMap<Bytes, (u64, usize, Instant)>,
@@ -207,7 +210,7 @@ pub struct Core {
     deferred_takeovers: HashMap<Bytes, CoreMsg>,
     /// Connections that closed while waiting for their session: (client id, session expiry,
     /// will), applied when the session arrives.
-    closed_awaiting: HashMap<ConnId, (Bytes, u32, Option<Will>)>,
+    closed_awaiting: HashMap<ConnId, (Bytes, u32, Option<Box<Will>>)>,
     subscriptions: SubscriptionIndex,
     retained: RetainedStore,
     pending: HashMap<u64, Pending>,
@@ -386,7 +389,7 @@ impl Core {
     pub fn on_accept(&mut self, now: Instant) -> ConnId {
         let id = self.next_conn;
         self.next_conn += 1;
-        self.conns.insert(id, Conn::new(id, now));
+        self.conns.insert(id, Box::new(Conn::new(id, now)));
         self.arm_conn_timer(id);
         self.stats.connections_accepted += 1;
         id

@@ -311,7 +311,7 @@ impl Core {
 
     pub(super) fn offer(&mut self, client_id: &Bytes, out: Outgoing, now: Instant) {
         let Some(session) = self.sessions.get_mut(client_id) else { return };
-        let conn = session.conn.and_then(|id| self.conns.get_mut(&id));
+        let conn = session.conn.and_then(|id| self.conns.get_mut(&id)).map(|c| &mut **c);
         let mut w = Writer { out: &mut self.writes, scratch: &mut self.scratch, cache: &mut self.fanout };
         session::offer(session, conn, out, self.limits, now, &mut w, &mut self.stats);
     }
