@@ -70,7 +70,12 @@ fn start_promptmq() -> Broker {
     let port = free_port();
     let dir = temp_dir("promptmq");
     let child = Command::new(promptmq_binary())
-        .args(["--bind", &format!("127.0.0.1:{port}"), "--cores", "2", "--log-level", "warn", "--data-dir"])
+        // Queues as deep as mosquitto's below: on a busy machine a subscriber can fall a few
+        // thousand messages behind, and with the default 1,000 the broker drops the oldest
+        // (counted as `queue_full`), which these tests of the generator's accounting would
+        // report as loss.
+        .args(["--bind", &format!("127.0.0.1:{port}"), "--cores", "2", "--log-level", "warn"])
+        .args(["--max-queued-messages", "1000000", "--data-dir"])
         .arg(dir.join("data"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
