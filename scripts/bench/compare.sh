@@ -3,6 +3,7 @@
 #
 #   scripts/bench/compare.sh                 # 5 s measured per scenario, 10,000 idle connections
 #   DURATION=10 CONNS=2000 scripts/bench/compare.sh
+#   ONLY="rate20k conns" scripts/bench/compare.sh   # some scenarios (names in SCENARIOS)
 #
 # Environment: DURATION (measured seconds, default 5), WARMUP (1), DRAIN (2), CONNS (10000),
 # MQTT (5), PORT (18830), OUT (where the JSON, logs and results.md go; default
@@ -30,7 +31,7 @@ OUT=$(cd "$OUT" && pwd)
 log() { echo "compare.sh: $*" >&2; }
 
 # Thousands of connections: each broker and the generator need a file descriptor per
-# connection (PromptMQ uses two). Raise the soft limit as far as the hard limit allows.
+# connection. Raise the soft limit as far as the hard limit allows.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 NOFILE=$(ulimit -n)
 log "open-files limit: $NOFILE"
@@ -119,7 +120,10 @@ start_broker() { # mosquitto|promptmq, log file
   else
     local data="$OUT/promptmq-data"
     rm -rf "$data"
-    "$PROMPTMQ" --bind "127.0.0.1:$PORT" --cores 2 --data-dir "$data" --log-level warn >"$logf" 2>&1 &
+    # Session queues as deep as mosquitto's (max_queued_messages above); with the default
+    # (1,000) a QoS 1 subscriber that falls behind loses the oldest, counted as queue_full.
+    "$PROMPTMQ" --bind "127.0.0.1:$PORT" --cores 2 --data-dir "$data" --log-level warn \
+      --max-queued-messages 1000000 >"$logf" 2>&1 &
   fi
   BROKER_PID=$!
   wait_port || { log "$name did not start: $(tail -3 "$logf")"; return 1; }
@@ -210,6 +214,7 @@ declare -A STATUS RUNS
 for entry in "${SCENARIOS[@]}"; do
   name=${entry%%|*}
   args=${entry#*|}
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then continue; fi
   for broker in mosquitto promptmq; do
     # A run during which other processes took more than QUIET_PCT % of a core is repeated,
     # at most twice; the last attempt is kept either way (and shows its other-CPU figure).
