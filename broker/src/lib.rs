@@ -17,6 +17,7 @@
 //! and counts its drops ([`stats`]).
 
 pub mod access;
+pub mod affinity;
 pub mod codec;
 pub mod config;
 pub mod core;

@@ -295,10 +295,21 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     }
     let starts: Arc<Vec<std::sync::Mutex<Option<CoreStart>>>> =
         Arc::new(starts.into_iter().map(|s| std::sync::Mutex::new(Some(s))).collect());
+    // Read here, before any core thread is pinned (a pinned thread sees only its own CPU).
+    let cpus = crate::affinity::allowed_cpus();
+    let pin = move |index: usize| {
+        let Some(cpu) = crate::affinity::cpu_for_core(&cpus, index) else { return };
+        match crate::affinity::pin_current_thread(cpu) {
+            Ok(()) => tracing::debug!(core = index, cpu, "core pinned"),
+            Err(e) => {
+                tracing::warn!(core = index, cpu, error = %e, "could not pin the core to its CPU; it runs unpinned")
+            }
+        }
+    };
     let thread = std::thread::Builder::new()
         .name("promptmq-main".into())
         .spawn(move || {
-            rt::run_per_core(cores, true, move |index| {
+            rt::run_per_core(cores, pin, move |index| {
                 let start = starts[index].lock().ok().and_then(|mut s| s.take());
                 run_core(index, Arc::clone(&shared), start)
             })

@@ -3,7 +3,7 @@
 //! The broker core is sans-IO; this crate is the small surface it is driven through, kept
 //! deliberately narrow so that an io_uring runtime (monoio) can implement the same API:
 //!
-//! - [`run_per_core`] starts one pinned OS thread per core, each with its own
+//! - [`run_per_core`] starts one OS thread per core (the caller pins it), each with its own
 //!   `current_thread` runtime and a `LocalSet`, so tasks on a core share state through
 //!   `Rc<RefCell<..>>` with no locks.
 //! - [`Listener::bind`] opens a listener per core with `SO_REUSEPORT` on Linux, so the kernel
@@ -32,24 +32,23 @@ use bytes::{Bytes, BytesMut};
 pub const RUNTIME_NAME: &str = "tokio";
 
 /// Runs `core_main(core_index)` on `cores` threads, one current-thread runtime each, and
-/// blocks until all of them return. With `pin`, thread *i* is pinned to CPU *i* (Linux only;
-/// a failure to pin is reported and otherwise ignored).
-pub fn run_per_core<F, Fut>(cores: usize, pin: bool, core_main: F) -> io::Result<()>
+/// blocks until all of them return. Each thread first calls `on_start(core_index)`, before
+/// its runtime exists: where the caller pins the thread to a CPU.
+pub fn run_per_core<S, F, Fut>(cores: usize, on_start: S, core_main: F) -> io::Result<()>
 where
+    S: Fn(usize) + Send + Sync + 'static,
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + 'static,
 {
+    let on_start = Arc::new(on_start);
     let core_main = Arc::new(core_main);
     let mut threads = Vec::with_capacity(cores);
     for index in 0..cores {
+        let on_start = Arc::clone(&on_start);
         let core_main = Arc::clone(&core_main);
         let thread =
             std::thread::Builder::new().name(format!("promptmq-core-{index}")).spawn(move || -> io::Result<()> {
-                if pin {
-                    if let Err(e) = pin_to_cpu(index) {
-                        eprintln!("promptmq: could not pin core {index}: {e}");
-                    }
-                }
+                on_start(index);
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                 let local = tokio::task::LocalSet::new();
                 local.block_on(&rt, core_main(index));
@@ -66,28 +65,6 @@ where
         }
     }
     result
-}
-
-#[cfg(target_os = "linux")]
-fn pin_to_cpu(index: usize) -> io::Result<()> {
-    let available = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let cpu = index % available;
-    // SAFETY: cpu_set_t is a plain bitmask; CPU_ZERO/CPU_SET only write within it, and
-    // sched_setaffinity(0, ..) applies to the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_ZERO(&mut set);
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-#[cfg(not(target_os = "linux"))]
-fn pin_to_cpu(_index: usize) -> io::Result<()> {
-    Ok(())
 }
 
 /// Spawns a task on the current core. It never migrates to another core.

@@ -5,7 +5,8 @@
 //! signatures), so the broker's driver (`broker/src/server.rs`) compiles against either one
 //! with a single `use ... as rt;` line. What differs is underneath:
 //!
-//! - [`run_per_core`] starts one pinned OS thread per core, each with its own monoio runtime.
+//! - [`run_per_core`] starts one OS thread per core (the caller pins it), each with its own
+//!   monoio runtime.
 //!   Each core first tries an io_uring driver; the ring is built with
 //!   `IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_SINGLE_ISSUER`
 //!   (each core's ring is only ever entered by its own thread, and nothing needs the kernel to
@@ -378,26 +379,25 @@ fn describe(drivers: &[CoreDriver]) -> String {
 // ---------------------------------------------------------------------------
 
 /// Runs `core_main(core_index)` on `cores` threads, one monoio runtime each, and blocks until
-/// all of them return. With `pin`, thread *i* is pinned to CPU *i* (a failure to pin is
-/// reported and otherwise ignored). A core whose runtime cannot be built at all (neither
+/// all of them return. Each thread first calls `on_start(core_index)`, before its ring is
+/// built (so that the ring's memory is allocated where the caller pinned the thread). A core whose runtime cannot be built at all (neither
 /// io_uring nor epoll) makes this return that error once the other cores have returned.
-pub fn run_per_core<F, Fut>(cores: usize, pin: bool, core_main: F) -> io::Result<()>
+pub fn run_per_core<S, F, Fut>(cores: usize, on_start: S, core_main: F) -> io::Result<()>
 where
+    S: Fn(usize) + Send + Sync + 'static,
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + 'static,
 {
     report_start(cores);
+    let on_start = Arc::new(on_start);
     let core_main = Arc::new(core_main);
     let mut threads = Vec::with_capacity(cores);
     for index in 0..cores {
+        let on_start = Arc::clone(&on_start);
         let core_main = Arc::clone(&core_main);
         let thread =
             std::thread::Builder::new().name(format!("promptmq-core-{index}")).spawn(move || -> io::Result<()> {
-                if pin {
-                    if let Err(e) = pin_to_cpu(index) {
-                        eprintln!("promptmq: could not pin core {index}: {e}");
-                    }
-                }
+                on_start(index);
                 let (runtime, driver) = match build_core_runtime() {
                     Ok(built) => built,
                     Err(e) => {
@@ -423,23 +423,6 @@ where
         }
     }
     result
-}
-
-fn pin_to_cpu(index: usize) -> io::Result<()> {
-    let available = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let cpu = index % available;
-    // SAFETY: cpu_set_t is a plain bitmask that zeroed() initialises validly; CPU_ZERO and
-    // CPU_SET only write within it (cpu < available <= CPU_SETSIZE in practice, and CPU_SET
-    // ignores larger values), and sched_setaffinity(0, ..) applies to the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_ZERO(&mut set);
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 /// Spawns a task on the current core. It never migrates to another core.

@@ -283,10 +283,14 @@ fn a_stream_moves_to_another_core_through_std() {
 
 #[test]
 fn run_per_core_reports_each_cores_driver() {
-    run_per_core(2, false, |index| async move {
-        let listener = Listener::bind(loopback()).expect("bind");
-        assert!(listener.local_addr().is_ok(), "core {index}");
-    })
+    run_per_core(
+        2,
+        |_| {},
+        |index| async move {
+            let listener = Listener::bind(loopback()).expect("bind");
+            assert!(listener.local_addr().is_ok(), "core {index}");
+        },
+    )
     .expect("run");
     let d = driver_description();
     assert!(d.starts_with("io_uring") || d.starts_with("epoll (io_uring refused"), "{d}");

@@ -155,37 +155,9 @@ pub fn batched<R>(name: impl Into<String>, batch: u32, time: Duration, mut op: i
 /// The CPUs are read once, before the first pin: a thread spawned by a pinned thread
 /// inherits its one-CPU mask, so asking from there would find a single CPU and put every
 /// thread on it.
-#[cfg(target_os = "linux")]
 pub fn pin_to_cpu(index: usize) -> bool {
+    use promptmq::affinity;
     static ALLOWED: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
-    let allowed = ALLOWED.get_or_init(|| {
-        // SAFETY: cpu_set_t is a plain bitmask for which all zeroes is valid;
-        // sched_getaffinity(0, ..) fills it for the calling thread and CPU_ISSET only reads
-        // inside it (every index is below CPU_SETSIZE).
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-                return Vec::new();
-            }
-            (0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &set)).collect()
-        }
-    });
-    if allowed.is_empty() {
-        return false;
-    }
-    let cpu = allowed[index % allowed.len()];
-    // SAFETY: as above; CPU_ZERO and CPU_SET write only inside the set (cpu came from
-    // CPU_ISSET, so it is below CPU_SETSIZE), and sched_setaffinity(0, ..) applies to the
-    // calling thread only.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_ZERO(&mut set);
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-pub fn pin_to_cpu(_index: usize) -> bool {
-    false
+    let allowed = ALLOWED.get_or_init(affinity::allowed_cpus);
+    affinity::cpu_for_core(allowed, index).is_some_and(|cpu| affinity::pin_current_thread(cpu).is_ok())
 }
