@@ -57,6 +57,10 @@ const DRAIN_BATCH: usize = 256;
 /// this cannot deadlock; and since only reading stops, internal queues stay bounded by
 /// what was in flight.
 const CONGESTED_OVERFLOW: usize = 4 * 1024;
+/// The longest a connection's next read waits, after a read that brought QoS 1/2 publishes,
+/// while a core is overloaded. Bounded, so that even a wrong verdict costs publishers only
+/// throughput (at most one read per this long), never their connection.
+const OVERLOAD_PAUSE: Duration = Duration::from_millis(50);
 const TICK: Duration = Duration::from_millis(50);
 /// After the broker closes a connection (e.g. after DISCONNECT with an error reason), how
 /// long it keeps reading and discarding what the client still sends before closing the
@@ -105,6 +109,8 @@ struct Shared {
     pins: Arc<RetentionPins>,
     /// How many cores are congested (see [`CONGESTED_OVERFLOW`]).
     congested: AtomicUsize,
+    /// How many cores are overloaded (see [`crate::core::OVERLOAD_BACKLOG`]).
+    overloaded: AtomicUsize,
     /// The broker is stopping (see [`Stopper`]).
     stopping: AtomicBool,
     /// Cores that have closed their connections since the broker began stopping.
@@ -259,6 +265,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         clock,
         pins: Arc::new(RetentionPins::new(cores)),
         congested: AtomicUsize::new(0),
+        overloaded: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
         closed_cores: AtomicUsize::new(0),
     });
@@ -425,6 +432,9 @@ struct Driver {
     wake: RefCell<Vec<bool>>,
     /// Whether this core counts itself in `Shared::congested`.
     congested: Cell<bool>,
+    /// Whether this core counts itself in `Shared::overloaded` (see
+    /// [`crate::core::OVERLOAD_BACKLOG`]).
+    overloaded: Cell<bool>,
     /// This core has begun stopping (see [`shut_down`]).
     stopping: Cell<bool>,
     /// Rung when this core has stopped; `run_core` returns then.
@@ -459,6 +469,7 @@ async fn run_core(index: usize, shared: Arc<Shared>, start: Option<CoreStart>) {
         actions: RefCell::new(Vec::new()),
         wake: RefCell::new(vec![false; shared.cores]),
         congested: Cell::new(false),
+        overloaded: Cell::new(false),
         stopping: Cell::new(false),
         stopped: rt::LocalSignal::default(),
         shared,
@@ -644,6 +655,9 @@ fn read_loop<'a>(
         loop {
             let (res, b) = r.read(buf).await;
             buf = b;
+            // Taken around the synchronous handling only: across an await below, other
+            // connections of this core publish too.
+            let reliable_before = driver.core.borrow().reliable_publishes_received();
             match res {
                 Ok(0) | Err(_) => {
                     driver.core.borrow_mut().on_closed(id, Instant::now());
@@ -684,6 +698,7 @@ fn read_loop<'a>(
                     }
                 },
             }
+            let published = driver.core.borrow().reliable_publishes_received() != reliable_before;
             // Even with no room left, an emptied buffer may still share its allocation with
             // the packets split off it: replacing it lets that go with them.
             if buf.is_empty() {
@@ -720,6 +735,16 @@ fn read_loop<'a>(
                 rt::sleep(Duration::from_millis(1)).await;
                 driver.retry_overflow();
                 driver.update_congestion();
+            }
+            // Only publishers wait: subscribers' acknowledgements are what drains the backlog.
+            if published {
+                let until = Instant::now() + OVERLOAD_PAUSE;
+                while driver.shared.overloaded.load(Ordering::Acquire) > 0
+                    && !io.closing.get()
+                    && Instant::now() < until
+                {
+                    rt::sleep(Duration::from_millis(1)).await;
+                }
             }
         }
         io.reader_done.set(true);
@@ -844,6 +869,7 @@ async fn tick(driver: Rc<Driver>) {
         driver.dispatch();
         driver.retry_overflow();
         driver.update_congestion();
+        driver.update_overload();
     }
 }
 
@@ -894,6 +920,7 @@ impl Driver {
         m.journal_rejected.set(s.journal_rejected);
         m.journal_failed_acks.set(s.journal_failed_acks);
         m.ring_overflows.set(s.ring_overflows);
+        m.overloads.set(s.overloads);
         if gauges {
             m.set_gauges(&core.gauges());
         }
@@ -989,6 +1016,7 @@ impl Driver {
                         }
                     }
                     Action::Send(core, msg) => self.push(core, msg),
+                    Action::Overloaded => self.set_overloaded(),
                 }
             }
         }
@@ -1028,6 +1056,24 @@ impl Driver {
         } else if overflow < CONGESTED_OVERFLOW / 4 && inbound < RING_CAPACITY / 8 {
             self.congested.set(false);
             shared.congested.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Sets or clears this core's overload mark (see [`crate::core::OVERLOAD_BACKLOG`]).
+    fn update_overload(&self) {
+        let level = self.core.borrow_mut().overload_level();
+        if level > 1.0 {
+            self.set_overloaded();
+        } else if self.overloaded.get() && level < 0.25 {
+            self.overloaded.set(false);
+            self.shared.overloaded.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn set_overloaded(&self) {
+        if !self.overloaded.replace(true) {
+            self.shared.overloaded.fetch_add(1, Ordering::AcqRel);
+            self.core.borrow_mut().stats.overloads += 1;
         }
     }
 

@@ -103,6 +103,10 @@ pub struct Session {
     pub persisted: bool,
     /// Progress not yet checkpointed.
     pub progress_dirty: bool,
+    /// The client completed an outbound QoS 1/2 exchange since the core last looked (see
+    /// `Core::overload_level`): a client that acknowledges is draining its queue, one that
+    /// has stopped is not, and only the first kind counts towards overload.
+    pub acked_since_check: bool,
     /// What the client may read, as of its last CONNECT (`None`: no ACL file, or restored
     /// from the log and not reconnected yet).
     pub acl: Option<Arc<ClientAcl>>,
@@ -132,6 +136,7 @@ impl Session {
             seen: HashMap::default(),
             persisted: false,
             progress_dirty: false,
+            acked_since_check: false,
             acl: None,
         }
     }
@@ -518,6 +523,7 @@ pub fn complete(session: &mut Session, pkid: u16) {
             session.resend.retain(|&id| id != pkid);
         }
         session.progress_dirty |= f.out.origin.is_some();
+        session.acked_since_check = true;
     }
 }
 

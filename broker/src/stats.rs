@@ -42,4 +42,7 @@ pub struct Stats {
     pub acl_denied_read: u64,
     /// A cross-core ring was full and the message waited in the sender's overflow queue.
     pub ring_overflows: u64,
+    /// Times this core became overloaded (see `core::OVERLOAD_BACKLOG`) and QoS 1/2
+    /// publishers were read more slowly.
+    pub overloads: u64,
 }

@@ -1,6 +1,7 @@
 //! The MQTT limits an operator sets: Maximum QoS, Retain Available, an imposed keep-alive,
-//! the connection limit and the per-client publish rate. Each is read back from the broker
-//! as a client sees it.
+//! the connection limit, the per-client publish rate and the session queue bounds, each read
+//! back from the broker as a client sees it; and the overload protection that keeps QoS 1
+//! publishers from outrunning the subscribers that acknowledge.
 
 mod common;
 
@@ -143,4 +144,107 @@ async fn session_queue_is_bounded_by_bytes() {
         }
     }
     assert_eq!(got, vec![4, 5], "the two newest fit in 300 bytes");
+}
+
+/// A broker with deep session queues and metrics on a free port: (broker, metrics port).
+async fn broker_with_deep_queues() -> (Broker, u16) {
+    let metrics = free_port();
+    let bind = format!("127.0.0.1:{metrics}");
+    let broker = BrokerOpts::new()
+        .max_queued_messages(1_000_000)
+        .extra_args(&["--metrics-enabled", "true", "--metrics-bind", &bind])
+        .start()
+        .await;
+    (broker, metrics)
+}
+
+/// A v5 subscriber to `topic` at QoS 1 that lets at most `window` messages be unacknowledged.
+async fn windowed_subscriber(port: u16, id: &str, topic: &str, window: u16) -> Raw {
+    let mut c = connect5(id, true);
+    let mut props = connect_props5();
+    props.receive_maximum = Some(window);
+    c.properties = Some(props);
+    let (mut sub, _) = Raw::connect5_ok(port, c).await;
+    sub.sub5(1, topic, QoS::AtLeastOnce).await;
+    sub
+}
+
+/// Publishes `count` QoS 1 messages (payload = sequence number) with up to 500 unacknowledged,
+/// as fast as the broker acknowledges them; returns how long that took.
+async fn publish_pipelined(port: u16, id: &str, topic: &str, count: u32) -> Duration {
+    let (mut p, _) = Raw::connect5_ok(port, connect5(id, true)).await;
+    let started = Instant::now();
+    let (mut next, mut acked) = (0u32, 0u32);
+    while acked < count {
+        let mut batch = bytes::BytesMut::new();
+        while next < count && next - acked < 500 {
+            let pkid = (next % 60_000) as u16 + 1;
+            publish5(topic, QoS::AtLeastOnce, pkid, false, next.to_string().as_bytes())
+                .write(&mut batch)
+                .expect("encode");
+            next += 1;
+        }
+        if !batch.is_empty() {
+            p.send_bytes(&batch).await.expect("send publishes");
+        }
+        if p.expect(PUBACK).await.ptype() == PUBACK {
+            acked += 1;
+        }
+    }
+    started.elapsed()
+}
+
+fn overloads(metrics: u16) -> f64 {
+    let (status, body) = http_get(metrics, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    sample(&body, "promptmq_overloads_total").unwrap_or_else(|| panic!("no promptmq_overloads_total in\n{body}"))
+}
+
+/// Overload protection: QoS 1 publishes are acknowledged when taken, not when delivered, so a
+/// publisher could fill a subscriber's (here unbounded) queue for as long as it likes. When
+/// the queues of subscribers that do acknowledge grow past the broker's limit, publishers are
+/// read more slowly; nothing is lost and every message arrives in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledging_subscribers_that_fall_behind_slow_qos1_publishers_down() {
+    skip_on_mosquitto!("promptmq's overload protection");
+    let (broker, metrics) = broker_with_deep_queues().await;
+    const COUNT: u32 = 20_000;
+    let mut sub = windowed_subscriber(broker.port(), "ovl-sub", "ovl/t", 16).await;
+    // The subscriber acknowledges everything it has, then pauses 2 ms: at most 16 messages
+    // per 2 ms, about 8,000 a second, well below what the publisher offers.
+    let subscriber = tokio::spawn(async move {
+        let mut expected = 0u32;
+        while expected < COUNT {
+            let mut acks = bytes::BytesMut::new();
+            while let Ok(f) = sub.read_frame(Duration::from_millis(5)).await {
+                if let v5::Packet::Publish(p) = f.v5() {
+                    assert_eq!(p.payload, expected.to_string().as_bytes(), "in order, none lost");
+                    expected += 1;
+                    v5::PubAck::new(p.pkid).write(&mut acks).expect("encode PUBACK");
+                }
+            }
+            sub.send_bytes(&acks).await.expect("send PUBACKs");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        expected
+    });
+    publish_pipelined(broker.port(), "ovl-pub", "ovl/t", COUNT).await;
+    let delivered = within(Duration::from_secs(60), "every message delivered", subscriber).await.expect("subscriber");
+    assert_eq!(delivered, COUNT);
+    // Counters reach the endpoint within a tick (50 ms).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(overloads(metrics) >= 1.0, "the backlog of an acknowledging subscriber never counted as overload");
+}
+
+/// A subscriber that stopped acknowledging is not overload: its queue is bounded by
+/// `mqtt.max-queued-messages` (and the drop policy), and it must not slow everybody else down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stopped_acknowledging_does_not_slow_publishers() {
+    skip_on_mosquitto!("promptmq's overload protection");
+    let (broker, metrics) = broker_with_deep_queues().await;
+    // Takes 16 messages and never acknowledges them: the other 19,984 queue up.
+    let _stalled = windowed_subscriber(broker.port(), "stall-sub", "stall/t", 16).await;
+    publish_pipelined(broker.port(), "stall-pub", "stall/t", 20_000).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(overloads(metrics), 0.0, "a stalled subscriber's queue was taken for overload");
 }

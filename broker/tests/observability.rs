@@ -9,10 +9,6 @@ use common::*;
 use mqttbytes::v5;
 
 /// The value of the sample `name` (with labels, exactly as rendered) in a scrape.
-fn sample(body: &str, name: &str) -> Option<f64> {
-    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_metrics_and_health_over_http() {
     skip_on_mosquitto!("promptmq's metrics endpoint");

@@ -47,6 +47,9 @@ pub enum Action {
     Close(ConnId),
     /// Push onto the ring towards `core` and wake it.
     Send(usize, CoreMsg),
+    /// An acknowledging client's queue passed half its bound: overload now, without waiting
+    /// for the next tick (see [`OVERLOAD_BACKLOG`]).
+    Overloaded,
 }
 
 /// Identifies a request awaiting replies from shards (SUBSCRIBE, UNSUBSCRIBE).
@@ -190,6 +193,16 @@ struct CloseWith {
 }
 
 /// One core: session host and shard.
+/// Overload protection for QoS 1/2. A QoS 1 PUBLISH is acknowledged when the broker has
+/// taken it, not when it is delivered, so nothing ties what publishers send to what
+/// subscribers take: at full speed, with every client keeping up as well as the CPUs allow,
+/// session queues grew by hundreds of thousands of messages (seconds of latency, hundreds of
+/// MiB) or, with the default queue bounds, dropped acknowledged messages. So when the queues
+/// of acknowledging clients pass half their bounds, or this many messages on one core (see
+/// [`Core::overload_level`]), the server reads QoS 1/2 publishers more slowly until they are
+/// down to a quarter of that.
+pub const OVERLOAD_BACKLOG: usize = 8 * 1024;
+
 pub struct Core {
     pub id: usize,
     cores: usize,
@@ -218,6 +231,8 @@ pub struct Core {
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     local_inbox: VecDeque<CoreMsg>,
     actions: Vec<Action>,
+    /// [`Action::Overloaded`] was emitted since the last [`Core::overload_level`].
+    overload_signalled: bool,
     writes: Vec<(ConnId, Bytes)>,
     scratch: BytesMut,
     fanout: FanoutCache,
@@ -299,6 +314,7 @@ impl Core {
             timers: BinaryHeap::new(),
             local_inbox: VecDeque::new(),
             actions: Vec::new(),
+            overload_signalled: false,
             writes: Vec::new(),
             scratch: BytesMut::with_capacity(4096),
             fanout: FanoutCache::default(),
@@ -348,6 +364,44 @@ impl Core {
             g.subscriptions += s.subscriptions.len() as u64;
         }
         g
+    }
+
+    /// How far this core is into overload, measured once per tick: 1.0 and above is
+    /// overloaded (see [`OVERLOAD_BACKLOG`]).
+    ///
+    /// It counts what waits in the queues (beyond the in-flight window) of connected clients
+    /// that acknowledged something since the previous call: work the broker has taken in and
+    /// owes to clients that are taking it. A client that stopped acknowledging does not count:
+    /// its queue is bounded by `mqtt.max-queued-messages` and the drop policy, and it must not
+    /// slow everybody else down. The limit is half of what those clients' queues may hold
+    /// together (so that overload is declared before they start dropping), and at most
+    /// [`OVERLOAD_BACKLOG`] messages. Walks every session.
+    pub fn overload_level(&mut self) -> f64 {
+        let (mut messages, mut bytes, mut sessions) = (0usize, 0usize, 0usize);
+        for s in self.sessions.values_mut() {
+            if s.conn.is_some() && std::mem::take(&mut s.acked_since_check) {
+                messages += s.queue.len();
+                bytes += s.queued_bytes;
+                sessions += 1;
+            }
+        }
+        if sessions == 0 {
+            self.overload_signalled = false;
+            return 0.0;
+        }
+        let limit = (sessions.saturating_mul(self.limits.max_queued) / 2).clamp(1, OVERLOAD_BACKLOG);
+        self.overload_signalled = false;
+        let mut level = messages as f64 / limit as f64;
+        if self.limits.max_queued_bytes > 0 {
+            let limit = (sessions.saturating_mul(self.limits.max_queued_bytes) / 2).max(1);
+            level = level.max(bytes as f64 / limit as f64);
+        }
+        level
+    }
+
+    /// QoS 1 and 2 PUBLISH packets received so far (all connections of this core).
+    pub fn reliable_publishes_received(&self) -> u64 {
+        self.stats.messages_in_by_qos[1] + self.stats.messages_in_by_qos[2]
     }
 
     /// Whether this shard's log reports a failing write or sync (e.g. a full disk).

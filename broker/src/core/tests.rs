@@ -55,6 +55,7 @@ impl Cluster {
                             self.closed.insert((i, c));
                         }
                         Action::Send(to, msg) => self.cores[to].on_message(msg, self.now),
+                        Action::Overloaded => {}
                     }
                 }
             }

@@ -132,6 +132,8 @@ pub struct CoreMetrics {
     pub journal_failed_acks: Counter,
     /// A cross-core ring was full and the message waited in the sender's overflow queue (not a loss).
     pub ring_overflows: Counter,
+    /// Times a core became overloaded and QoS 1/2 publishers were read more slowly.
+    pub overloads: Counter,
 
     // Gauges, usually set together with [`set_gauges`](Self::set_gauges).
     /// Open client connections on this core.

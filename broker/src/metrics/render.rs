@@ -162,6 +162,11 @@ impl Metrics {
             "Cross-core messages that waited in an overflow queue because a ring was full (not a loss).",
             self.sum_counter(|c| &c.ring_overflows),
         );
+        w.counter(
+            "promptmq_overloads_total",
+            "Times a core's connected, acknowledging clients had more queued than it delivers soon, and QoS 1/2 publishers were read more slowly (not a loss).",
+            self.sum_counter(|c| &c.overloads),
+        );
 
         // Gauges: totals, then per core.
         for (name, help, gauge) in GAUGE_TOTALS {
@@ -333,6 +338,7 @@ mod tests {
         b.publish_rate_limited.inc();
         a.journal_failed_acks.add(9);
         b.ring_overflows.add(11);
+        a.overloads.add(2);
         a.set_gauges(&GaugeSnapshot {
             connections: 10,
             sessions: 12,
@@ -393,6 +399,7 @@ mod tests {
             "promptmq_publish_rate_limited_total 1\n",
             "promptmq_messages_dropped_total{reason=\"journal_failed_acks\"} 9\n",
             "promptmq_ring_overflows_total 11\n",
+            "promptmq_overloads_total 2\n",
             "# TYPE promptmq_connections gauge\npromptmq_connections 15\n",
             "promptmq_sessions 18\n",
             "promptmq_retained_messages 3\n",

@@ -1570,6 +1570,11 @@ pub async fn publish_qos1(port: u16, id: String, topics: u64, first: u64, count:
     }
 }
 
+/// The value of the Prometheus sample `name` (with its labels, if any) in `body`.
+pub fn sample(body: &str, name: &str) -> Option<f64> {
+    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// `GET path` on 127.0.0.1:port: (status code, body).
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
     use std::io::Write;
