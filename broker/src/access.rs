@@ -104,12 +104,70 @@ impl Access {
         }
     }
 
+    /// Whether [`login`](Self::login) would compute a password hash for this user name
+    /// (`$7$`, `$6$` and `$argon2id$` are slow on purpose: up to tens of milliseconds, which
+    /// a core must not spend while its other clients wait). Unknown users count too: they
+    /// are checked against a decoy hash, so that they take as long as known ones.
+    pub fn login_is_costly(&self, username: Option<&[u8]>) -> bool {
+        username.is_some() && self.passwords.read().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
     /// The ACL of a client that just logged in; `None` when there is no ACL file.
     pub fn client_acl(&self, client_id: &[u8], username: Option<&[u8]>) -> Option<Arc<ClientAcl>> {
         let acl = self.acl.read().unwrap_or_else(|p| p.into_inner()).clone()?;
         let client_id = String::from_utf8_lossy(client_id);
         let username = username.map(String::from_utf8_lossy);
         Some(Arc::new(acl.for_client(&ClientIdentity::new(&client_id, username.as_deref()))))
+    }
+}
+
+/// A CONNECT's credentials, checked away from the cores (see [`Access::login_is_costly`]):
+/// the core hands it out with `Action::CheckLogin` and takes the verdict back in
+/// `Core::on_login`.
+#[derive(Debug)]
+pub struct LoginCheck {
+    pub conn: crate::session::ConnId,
+    pub username: bytes::Bytes,
+    pub password: Option<bytes::Bytes>,
+}
+
+impl LoginCheck {
+    pub fn run(&self, access: &Access) -> Result<Login, u8> {
+        access.login(Some(&self.username), self.password.as_deref())
+    }
+}
+
+/// Threads that check passwords for the cores. Each verdict goes back to the core that
+/// asked, through `deliver` (which queues it and wakes the core).
+pub struct LoginThreads {
+    jobs: std::sync::mpsc::Sender<(usize, LoginCheck)>,
+}
+
+impl LoginThreads {
+    /// Starts `threads` threads (at least one).
+    pub fn start<D>(access: Arc<Access>, threads: usize, deliver: D) -> std::io::Result<LoginThreads>
+    where
+        D: Fn(usize, crate::session::ConnId, Result<Login, u8>) + Send + Sync + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, LoginCheck)>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let deliver = Arc::new(deliver);
+        for i in 0..threads.max(1) {
+            let (rx, access, deliver) = (Arc::clone(&rx), Arc::clone(&access), Arc::clone(&deliver));
+            std::thread::Builder::new().name(format!("promptmq-login-{i}")).spawn(move || loop {
+                // One job at a time per thread; the lock is held only while taking it.
+                let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                let Ok((core, check)) = job else { return };
+                let verdict = check.run(&access);
+                deliver(core, check.conn, verdict);
+            })?;
+        }
+        Ok(LoginThreads { jobs: tx })
+    }
+
+    /// Queues a check for `core`; false when the threads are gone.
+    pub fn submit(&self, core: usize, check: LoginCheck) -> bool {
+        self.jobs.send((core, check)).is_ok()
     }
 }
 

@@ -25,14 +25,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use crossbeam_queue::ArrayQueue;
+use crossbeam_queue::{ArrayQueue, SegQueue};
 // The runtime, chosen at build time (see the features in broker/Cargo.toml).
 #[cfg(not(all(target_os = "linux", feature = "uring", not(feature = "tokio"))))]
 pub(crate) use promptmq_runtime_tokio as rt;
 #[cfg(all(target_os = "linux", feature = "uring", not(feature = "tokio")))]
 pub(crate) use promptmq_runtime_uring as rt;
 
-use crate::access::{Access, AccessError};
+use crate::access::{Access, AccessError, LoginThreads};
 use crate::config::{AcceptMode, Config, WalSyncMode};
 use crate::core::{shard_of, RetentionPins};
 use crate::core::{Action, Core, CoreMsg};
@@ -61,6 +61,11 @@ const CONGESTED_OVERFLOW: usize = 4 * 1024;
 /// while a core is overloaded. Bounded, so that even a wrong verdict costs publishers only
 /// throughput (at most one read per this long), never their connection.
 const OVERLOAD_PAUSE: Duration = Duration::from_millis(50);
+/// Threads that check passwords (see [`LoginThreads`]): hashes like `$7$` and `$argon2id$`
+/// take milliseconds each by design, and on a core every other client would wait for them.
+const LOGIN_THREADS: usize = 2;
+/// A login thread's verdict on a connection's password.
+type LoginVerdict = (ConnId, Result<crate::access::Login, u8>);
 const TICK: Duration = Duration::from_millis(50);
 /// After the broker closes a connection (e.g. after DISCONNECT with an error reason), how
 /// long it keeps reading and discarding what the client still sends before closing the
@@ -90,6 +95,10 @@ struct Shared {
     cores: usize,
     rings: Vec<ArrayQueue<CoreMsg>>,
     wakeups: Vec<rt::Wakeup>,
+    /// Where passwords are checked, off the cores (with a password file).
+    login_threads: Option<LoginThreads>,
+    /// Per core, the verdicts of the login threads on its connections' passwords.
+    verdicts: Arc<Vec<SegQueue<LoginVerdict>>>,
     /// Sockets accepted by core 0 for the other cores (accept mode `handoff`).
     handoff: Vec<ArrayQueue<(std::net::TcpStream, ListenerKind)>>,
     /// TLS and WebSocket settings for new connections.
@@ -247,12 +256,27 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         (None, None)
     };
     let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let wakeups: Vec<rt::Wakeup> = (0..cores).map(|_| rt::Wakeup::new()).collect();
+    let verdicts: Arc<Vec<SegQueue<LoginVerdict>>> = Arc::new((0..cores).map(|_| SegQueue::new()).collect());
+    let login_threads = match &access {
+        Some(access) if config.password_file.is_some() => {
+            let (verdicts, wakeups) = (Arc::clone(&verdicts), wakeups.clone());
+            let deliver = move |core: usize, conn, verdict| {
+                verdicts[core].push((conn, verdict));
+                wakeups[core].ring();
+            };
+            Some(LoginThreads::start(Arc::clone(access), LOGIN_THREADS, deliver).map_err(StartError::Threads)?)
+        }
+        _ => None,
+    };
     let shared = Arc::new(Shared {
         config: Arc::new(config),
         registry: Arc::new(Registry::new()),
         cores,
         rings: (0..cores * cores).map(|_| ArrayQueue::new(RING_CAPACITY)).collect(),
-        wakeups: (0..cores).map(|_| rt::Wakeup::new()).collect(),
+        wakeups,
+        login_threads,
+        verdicts,
         handoff: (0..if reuseport { 0 } else { cores }).map(|_| ArrayQueue::new(1024)).collect(),
         transports,
         access,
@@ -828,8 +852,12 @@ async fn drain_inbox(driver: Rc<Driver>) {
         if shared.stopping.load(Ordering::Acquire) && !driver.stopping.replace(true) {
             rt::spawn_local(shut_down(Rc::clone(&driver)));
         }
-        // The WAL writer rings this wakeup too, when records became durable.
+        // The WAL writer rings this wakeup too, when records became durable; so do the
+        // login threads.
         driver.core.borrow_mut().on_durable(Instant::now());
+        while let Some((conn, verdict)) = shared.verdicts[me].pop() {
+            driver.core.borrow_mut().on_login(conn, verdict, Instant::now());
+        }
         if let Some(handoff) = shared.handoff.get(me) {
             while let Some((socket, kind)) = handoff.pop() {
                 match rt::Stream::from_std(socket) {
@@ -1017,6 +1045,16 @@ impl Driver {
                     }
                     Action::Send(core, msg) => self.push(core, msg),
                     Action::Overloaded => self.set_overloaded(),
+                    Action::CheckLogin(check) => {
+                        let conn = check.conn;
+                        let submitted = self.shared.login_threads.as_ref().is_some_and(|t| t.submit(self.id, check));
+                        if !submitted {
+                            // No threads (they could not start, or there is no password
+                            // file any more): refuse rather than leave the client waiting.
+                            self.shared.verdicts[self.id].push((conn, Err(crate::codec::reason::SERVER_UNAVAILABLE)));
+                            self.shared.wakeups[self.id].ring();
+                        }
+                    }
                 }
             }
         }

@@ -225,6 +225,12 @@ impl Session {
 pub enum Phase {
     /// Only CONNECT is acceptable [MQTT-3.1.0-1].
     AwaitingConnect,
+    /// CONNECT read; its password is being checked off the core (see
+    /// [`crate::access::LoginCheck`]). Packets the client pipelined behind it wait.
+    AwaitingLogin {
+        connect: Box<crate::codec::Connect>,
+        pending: Vec<Packet>,
+    },
     /// CONNECT accepted; waiting for the session to arrive from another owner (takeover).
     /// Packets the client pipelined behind CONNECT wait in `pending`.
     AwaitingSession {
@@ -316,10 +322,11 @@ impl Conn {
 
     /// When the keep-alive runs out: 1.5 times the interval after the last packet
     /// [MQTT-3.1.2-24].
-    /// Before CONNECT, the deadline is [`CONNECT_TIMEOUT`] after accept, however many bytes
-    /// trickle in, so idle or slow-loris sockets cannot pile up.
+    /// Before CONNECT is accepted, the deadline is [`CONNECT_TIMEOUT`] after accept, however
+    /// many bytes trickle in, so idle or slow-loris sockets cannot pile up (and a login
+    /// waiting behind many others gives up).
     pub fn keep_alive_deadline(&self) -> Option<Instant> {
-        if matches!(self.phase, Phase::AwaitingConnect) {
+        if matches!(self.phase, Phase::AwaitingConnect | Phase::AwaitingLogin { .. }) {
             return Some(self.accepted_at + CONNECT_TIMEOUT);
         }
         (!self.keep_alive.is_zero()).then(|| self.last_seen + self.keep_alive * 3 / 2)

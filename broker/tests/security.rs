@@ -342,3 +342,59 @@ async fn queued_messages_are_checked_when_they_are_delivered() {
     }
     assert_eq!(alice.read_frame(Duration::from_millis(500)).await.err(), Some(ReadError::Timeout));
 }
+
+/// Password hashes are slow on purpose (here PBKDF2 with 20,000 rounds: tens of milliseconds
+/// in a release build, a good part of a second in this debug one). They are checked off the
+/// cores, so while clients log in, a client already connected to the same (only) core is
+/// answered at once, and the logins all succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_password_checks_do_not_stall_the_core() {
+    skip_on_mosquitto!("promptmq's flags");
+    let dir = temp_dir("slowhash");
+    let passwd = dir.join("passwd");
+    let _ = std::fs::remove_file(&passwd);
+    let status = Command::new(env!("CARGO_BIN_EXE_promptmq"))
+        .args(["passwd", "-c", "-b", "-I", "20000"])
+        .arg(&passwd)
+        .args(["slow", "pw"])
+        .status()
+        .expect("run promptmq passwd");
+    assert!(status.success());
+    let broker = BrokerOpts::new()
+        .cores(1)
+        .extra_args(&["--password-file", passwd.to_str().expect("utf-8"), "--allow-anonymous", "true"])
+        .start()
+        .await;
+    let port = broker.port();
+    // Anonymous: connects without a hash.
+    let (mut idle, ack) = Raw::connect5(port, login5("bystander", None)).await;
+    assert_eq!(ack.code as u8, 0);
+
+    // One login alone: how long a check takes on this machine.
+    let started = std::time::Instant::now();
+    assert_eq!(connack_code(port, login5("slow-0", Some(("slow", "pw")))).await, 0);
+    let one_login = started.elapsed();
+
+    // Four at once, while the bystander pings the core.
+    let logins: Vec<_> = (1..=4)
+        .map(|i| {
+            tokio::spawn(async move { connack_code(port, login5(&format!("slow-{i}"), Some(("slow", "pw")))).await })
+        })
+        .collect();
+    let mut worst = Duration::ZERO;
+    while logins.iter().any(|l| !l.is_finished()) {
+        let sent = std::time::Instant::now();
+        idle.send_bytes(&[0xC0, 0x00]).await.expect("PINGREQ");
+        idle.expect(PINGRESP).await;
+        worst = worst.max(sent.elapsed());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for l in logins {
+        assert_eq!(l.await.expect("login task"), 0, "a correct password was refused");
+    }
+    assert!(
+        worst < one_login / 2,
+        "a PINGREQ waited {worst:?} while passwords were checked (one check takes {one_login:?}): the core was blocked"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

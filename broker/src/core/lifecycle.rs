@@ -14,7 +14,6 @@ impl Core {
     }
 
     pub(super) fn on_connect(&mut self, id: ConnId, c: Connect, now: Instant) {
-        let max_keep_alive = self.config.max_keep_alive;
         let core_id = self.id;
         let Some(conn) = self.conns.get_mut(&id) else { return };
         conn.version = c.protocol;
@@ -70,9 +69,51 @@ impl Core {
             conn.assigned_client_id = v5;
         }
         conn.client_id = client_id.clone();
-        if let Some(checks) = self.access.clone() {
+        if let Some(checks) = &self.access {
+            if let (true, Some(username)) = (checks.login_is_costly(c.username.as_deref()), &c.username) {
+                // Owned: the check outlives this read buffer.
+                let check = access::LoginCheck {
+                    conn: id,
+                    username: owned(username),
+                    password: c.password.as_ref().map(owned),
+                };
+                conn.phase = Phase::AwaitingLogin { connect: Box::new(c), pending: Vec::new() };
+                self.actions.push(Action::CheckLogin(check));
+                return;
+            }
+        }
+        let login = self.access.as_ref().map(|checks| checks.login(c.username.as_deref(), c.password.as_deref()));
+        self.accept_connect(id, c, login, Vec::new(), now);
+    }
+
+    /// The verdict on a password checked off the core: the CONNECT it belongs to goes on.
+    pub fn on_login(&mut self, id: ConnId, verdict: Result<access::Login, u8>, now: Instant) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Phase::AwaitingLogin { connect, pending } = std::mem::replace(&mut conn.phase, Phase::AwaitingConnect)
+        else {
+            return;
+        };
+        self.accept_connect(id, *connect, Some(verdict), pending, now);
+    }
+
+    /// The rest of a CONNECT once its credentials are checked (`login` is `None` without
+    /// access control): the ACL, keep-alive, will and session, then the session claim.
+    /// `pending` are packets the client sent behind the CONNECT meanwhile.
+    fn accept_connect(
+        &mut self,
+        id: ConnId,
+        c: Connect,
+        login: Option<Result<access::Login, u8>>,
+        pending: Vec<Packet>,
+        now: Instant,
+    ) {
+        let max_keep_alive = self.config.max_keep_alive;
+        let v5 = c.protocol.is_v5();
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let client_id = conn.client_id.clone();
+        if let (Some(checks), Some(login)) = (self.access.clone(), login) {
             let username = c.username.as_deref();
-            let login = match checks.login(username, c.password.as_deref()) {
+            let login = match login {
                 Ok(login) => login,
                 Err(code) => {
                     // Never the password.
@@ -132,13 +173,12 @@ impl Core {
                 self.timers.push(Reverse((deadline, Timer::KeepAlive(id))));
             }
         }
+        // `establish` takes the pipelined packets from here, now or when the session arrives.
+        conn.phase = Phase::AwaitingSession { pending };
         let claim = self.registry.claim(&client_id, self.id);
         match claim.previous_core {
             None => self.establish(id, claim.token, None, now),
             Some(old_core) => {
-                if let Some(conn) = self.conns.get_mut(&id) {
-                    conn.phase = Phase::AwaitingSession { pending: Vec::new() };
-                }
                 let clean_start = c.clean_start;
                 let takeover =
                     CoreMsg::Takeover { client_id, new_core: self.id, new_claim: claim.token, clean_start, conn: id };
@@ -407,7 +447,7 @@ impl Core {
                 self.closed_awaiting.insert(id, (conn.client_id.clone(), conn.session_expiry, will));
                 return;
             }
-            Phase::AwaitingConnect => return,
+            Phase::AwaitingConnect | Phase::AwaitingLogin { .. } => return,
         }
         let Some(mut session) = self.sessions.remove(&conn.client_id) else { return };
         if session.conn != Some(id) {

@@ -47,6 +47,8 @@ pub enum Action {
     Close(ConnId),
     /// Push onto the ring towards `core` and wake it.
     Send(usize, CoreMsg),
+    /// Check these credentials off the core and hand the verdict to [`Core::on_login`].
+    CheckLogin(crate::access::LoginCheck),
     /// An acknowledging client's queue passed half its bound: overload now, without waiting
     /// for the next tick (see [`OVERLOAD_BACKLOG`]).
     Overloaded,
@@ -344,6 +346,11 @@ impl Core {
         self.access = Some(access);
     }
 
+    /// The access rules in force (`None`: everything allowed).
+    pub fn access(&self) -> Option<Arc<Access>> {
+        self.access.clone()
+    }
+
     /// Takes the actions produced so far.
     pub fn take_actions(&mut self, into: &mut Vec<Action>) {
         self.flush_writes();
@@ -602,7 +609,7 @@ impl Core {
                 // The decoder accepts only CONNECT before CONNECT; this is defence in depth.
                 _ => self.close(id, CloseWith { reason: None, will: false }, now),
             },
-            Phase::AwaitingSession { pending } => {
+            Phase::AwaitingLogin { pending, .. } | Phase::AwaitingSession { pending } => {
                 // A client may pipeline packets behind CONNECT; a few are normal, hundreds
                 // before the CONNACK are abuse (each may be a full-size packet).
                 if pending.len() >= 128 {

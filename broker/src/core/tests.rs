@@ -56,6 +56,11 @@ impl Cluster {
                         }
                         Action::Send(to, msg) => self.cores[to].on_message(msg, self.now),
                         Action::Overloaded => {}
+                        Action::CheckLogin(check) => {
+                            let verdict =
+                                self.cores[i].access().map_or(Ok(crate::access::Login::Anonymous), |a| check.run(&a));
+                            self.cores[i].on_login(check.conn, verdict, self.now);
+                        }
                     }
                 }
             }
