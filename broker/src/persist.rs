@@ -10,12 +10,14 @@
 //!            topic          u16 length + bytes
 //!            publisher      u16 length + bytes (client id, for No Local)
 //!            expiry_ms      u64  absolute Unix time in ms when it expires, 0 = never
-//!            present        u8   bit 0 payload format, 1 content type, 2 response topic,
-//!                                3 correlation data
-//!            [payload format u8] [content type u16+bytes] [response topic u16+bytes]
-//!            [correlation data u16+bytes]
-//!            user properties u16 count, then (u16+bytes, u16+bytes) each
+//!            properties
 //!            payload        u32 length + bytes
+//! properties := present u8   bit 0 payload format, 1 content type, 2 response topic,
+//!                            3 correlation data, 4 message expiry interval (wills; a
+//!                            message stores its absolute expiry instead), 5 will delay
+//!            [payload format u8] [content type u16+bytes] [response topic u16+bytes]
+//!            [correlation data u16+bytes] [message expiry u32] [will delay u32]
+//!            user properties u16 count, then (u16+bytes, u16+bytes) each
 //! session := kind=2    (a snapshot of a persistent session; the newest one wins)
 //!            client id      u16 length + bytes
 //!            protocol       u8   4 or 5
@@ -27,6 +29,10 @@
 //!                since: u16 count of (shard u16, seq u64)
 //!            watermarks     u16 count of (shard u16, seq u64): nothing up to seq of that
 //!                           shard's log is owed to the session any more
+//!            [will]         absent in records written before wills were logged:
+//!                flags u8 (bits 0-1 QoS, 2 RETAIN) | topic u16+bytes |
+//!                due u64 (Unix ms when a delayed will is due, 0 = not running) |
+//!                properties (as a message's, see below) | payload u32+bytes
 //! end     := kind=3    client id u16+bytes: the session ended
 //! ```
 //!
@@ -38,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes};
 
-use crate::codec::{Properties, ProtocolVersion, QoS, SubscriptionOptions};
+use crate::codec::{Properties, ProtocolVersion, QoS, SubscriptionOptions, Will};
 use crate::message::Message;
 use crate::session::StoredSubscription;
 
@@ -57,6 +63,9 @@ pub struct SessionRecord {
     pub disconnected_ms: u64,
     pub subscriptions: Vec<(Bytes, StoredSubscription)>,
     pub watermarks: Vec<(usize, u64)>,
+    /// The will of the session's current or last connection, not yet published or
+    /// discarded, and the Unix ms when its delay runs out (0: the connection was live).
+    pub will: Option<(Box<Will>, u64)>,
 }
 
 /// Any record the broker writes.
@@ -94,7 +103,42 @@ pub fn encode_session(r: &SessionRecord) -> Vec<u8> {
         put_marks(&mut out, &sub.since);
     }
     put_marks(&mut out, &r.watermarks);
+    if let Some((w, due_ms)) = &r.will {
+        out.push(w.qos as u8 | u8::from(w.retain) << 2);
+        put_short(&mut out, &w.topic);
+        out.put_u64_le(*due_ms);
+        put_properties(&mut out, &w.properties, true);
+        out.put_u32_le(w.payload.len() as u32);
+        out.extend_from_slice(&w.payload);
+    }
     out
+}
+
+/// The optional properties of a message or a will (see the format above); `intervals`: with
+/// the message expiry and will delay intervals (a will's; a message stores its expiry as a time).
+fn put_properties(out: &mut Vec<u8>, p: &Properties, intervals: bool) {
+    let (expiry, delay) = if intervals { (p.message_expiry_interval, p.will_delay_interval) } else { (None, None) };
+    let present = u8::from(p.payload_format_indicator.is_some())
+        | u8::from(p.content_type.is_some()) << 1
+        | u8::from(p.response_topic.is_some()) << 2
+        | u8::from(p.correlation_data.is_some()) << 3
+        | u8::from(expiry.is_some()) << 4
+        | u8::from(delay.is_some()) << 5;
+    out.push(present);
+    if let Some(f) = p.payload_format_indicator {
+        out.push(f);
+    }
+    for b in [&p.content_type, &p.response_topic, &p.correlation_data].into_iter().flatten() {
+        put_short(out, b);
+    }
+    for v in [expiry, delay].into_iter().flatten() {
+        out.put_u32_le(v);
+    }
+    out.put_u16_le(u16::try_from(p.user_properties.len()).unwrap_or(u16::MAX));
+    for (k, v) in p.user_properties.iter().take(usize::from(u16::MAX)) {
+        put_short(out, k);
+        put_short(out, v);
+    }
 }
 
 /// For a session record (snapshot or end), its client id and whether it is a snapshot.
@@ -169,22 +213,8 @@ pub fn encode_message(msg: &Message, clock: &WallClock) -> Vec<u8> {
     put_short(&mut out, &msg.topic);
     put_short(&mut out, &msg.publisher);
     out.put_u64_le(msg.expires_at.map_or(0, |t| clock.unix_ms(t).max(1)));
-    let present = u8::from(p.payload_format_indicator.is_some())
-        | u8::from(p.content_type.is_some()) << 1
-        | u8::from(p.response_topic.is_some()) << 2
-        | u8::from(p.correlation_data.is_some()) << 3;
-    out.push(present);
-    if let Some(f) = p.payload_format_indicator {
-        out.push(f);
-    }
-    for b in [&p.content_type, &p.response_topic, &p.correlation_data].into_iter().flatten() {
-        put_short(&mut out, b);
-    }
-    out.put_u16_le(u16::try_from(p.user_properties.len()).unwrap_or(u16::MAX));
-    for (k, v) in p.user_properties.iter().take(usize::from(u16::MAX)) {
-        put_short(&mut out, k);
-        put_short(&mut out, v);
-    }
+    // A message keeps its absolute expiry above; the interval is recomputed on delivery.
+    put_properties(&mut out, p, false);
     out.put_u32_le(msg.payload.len() as u32);
     out.extend_from_slice(&msg.payload);
     out
@@ -226,6 +256,36 @@ impl Reader<'_> {
 }
 
 impl Reader<'_> {
+    fn properties(&mut self) -> Result<Properties, RecordError> {
+        let present = self.u8()?;
+        let mut properties = Properties::default();
+        if present & 1 != 0 {
+            properties.payload_format_indicator = Some(self.u8()?);
+        }
+        if present & 2 != 0 {
+            properties.content_type = Some(self.short()?);
+        }
+        if present & 4 != 0 {
+            properties.response_topic = Some(self.short()?);
+        }
+        if present & 8 != 0 {
+            properties.correlation_data = Some(self.short()?);
+        }
+        if present & 16 != 0 {
+            properties.message_expiry_interval = Some(self.u32()?);
+        }
+        if present & 32 != 0 {
+            properties.will_delay_interval = Some(self.u32()?);
+        }
+        let count = self.u16()?;
+        for _ in 0..count {
+            let k = self.short()?;
+            let v = self.short()?;
+            properties.user_properties.push((k, v));
+        }
+        Ok(properties)
+    }
+
     fn marks(&mut self) -> Result<Vec<(usize, u64)>, RecordError> {
         let n = self.u16()?;
         (0..n).map(|_| Ok((usize::from(self.u16()?), self.u64()?))).collect()
@@ -280,6 +340,18 @@ pub fn decode_record(body: &Bytes, clock: &WallClock, now: Instant) -> Result<Re
                 subscriptions.push((filter, stored));
             }
             let watermarks = r.marks()?;
+            let will = if r.at == body.len() {
+                None
+            } else {
+                let flags = r.u8()?;
+                let qos = QoS::from_u8(flags & 0b11).ok_or(RecordError::Invalid("will QoS"))?;
+                let topic = r.short()?;
+                let due_ms = r.u64()?;
+                let properties = r.properties()?;
+                let len = r.u32()? as usize;
+                let payload = r.take(len)?;
+                Some((Box::new(Will { topic, payload, qos, retain: flags & 0b100 != 0, properties }), due_ms))
+            };
             r.done()?;
             Ok(Record::Session(SessionRecord {
                 client_id,
@@ -288,6 +360,7 @@ pub fn decode_record(body: &Bytes, clock: &WallClock, now: Instant) -> Result<Re
                 disconnected_ms,
                 subscriptions,
                 watermarks,
+                will,
             }))
         }
         Some(&other) => Err(RecordError::Kind(other)),
@@ -313,26 +386,7 @@ pub fn decode_message(body: &Bytes, clock: &WallClock, now: Instant) -> Result<M
     let topic = r.short()?;
     let publisher = r.short()?;
     let expiry_ms = r.u64()?;
-    let present = r.u8()?;
-    let mut properties = Properties::default();
-    if present & 1 != 0 {
-        properties.payload_format_indicator = Some(r.u8()?);
-    }
-    if present & 2 != 0 {
-        properties.content_type = Some(r.short()?);
-    }
-    if present & 4 != 0 {
-        properties.response_topic = Some(r.short()?);
-    }
-    if present & 8 != 0 {
-        properties.correlation_data = Some(r.short()?);
-    }
-    let count = r.u16()?;
-    for _ in 0..count {
-        let k = r.short()?;
-        let v = r.short()?;
-        properties.user_properties.push((k, v));
-    }
+    let properties = r.properties()?;
     let len = r.u32()? as usize;
     let payload = r.take(len)?;
     if r.at != body.len() {
@@ -400,6 +454,50 @@ mod tests {
     }
 
     #[test]
+    fn session_records_keep_the_will_and_records_from_before_wills_still_load() {
+        let now = Instant::now();
+        let c = clock(now);
+        let will = Will {
+            topic: Bytes::from_static(b"dev/1/status"),
+            payload: Bytes::from_static(b"offline"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: Properties {
+                will_delay_interval: Some(30),
+                message_expiry_interval: Some(600),
+                content_type: Some(Bytes::from_static(b"text/plain")),
+                user_properties: vec![(Bytes::from_static(b"k"), Bytes::from_static(b"v"))],
+                ..Default::default()
+            },
+        };
+        let mut rec = SessionRecord {
+            client_id: Bytes::from_static(b"dev-1"),
+            version: ProtocolVersion::V5,
+            expiry_interval: 3600,
+            disconnected_ms: 1_700_000_000_123,
+            subscriptions: Vec::new(),
+            watermarks: vec![(0, 15)],
+            will: Some((Box::new(will.clone()), 1_700_000_030_123)),
+        };
+        let body = encode_session(&rec);
+        match decode_record(&Bytes::from(body.clone()), &c, now) {
+            Ok(Record::Session(back)) => assert_eq!(back.will, rec.will),
+            other => panic!("{other:?}"),
+        }
+        // A record written before wills were logged ends after the watermarks.
+        rec.will = None;
+        let old = encode_session(&rec);
+        match decode_record(&Bytes::from(old.clone()), &c, now) {
+            Ok(Record::Session(back)) => assert_eq!(back.will, None),
+            other => panic!("{other:?}"),
+        }
+        // Cut anywhere inside the will: an error, not a half will.
+        for cut in old.len() + 1..body.len() {
+            assert!(decode_record(&Bytes::copy_from_slice(&body[..cut]), &c, now).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
     fn session_records_round_trip() {
         let now = Instant::now();
         let c = clock(now);
@@ -422,6 +520,7 @@ mod tests {
                 },
             )],
             watermarks: vec![(0, 15), (1, 25)],
+            will: None,
         };
         match decode_record(&Bytes::from(encode_session(&rec)), &c, now) {
             Ok(Record::Session(back)) => {

@@ -161,7 +161,7 @@ pub fn recover(config: &Config, clock: &WallClock, now: Instant) -> Result<Recov
             let gone_ms = if rec.disconnected_ms == 0 { now_ms } else { rec.disconnected_ms };
             let expired = rec.expiry_interval != u32::MAX
                 && gone_ms.saturating_add(u64::from(rec.expiry_interval) * 1000) <= now_ms;
-            (!expired).then(|| (session_from(rec), clock.instant(gone_ms, now)))
+            (!expired).then(|| (session_from(rec, clock, now), clock.instant(gone_ms, now)))
         })
         .collect();
 
@@ -222,11 +222,20 @@ pub fn recover(config: &Config, clock: &WallClock, now: Instant) -> Result<Recov
     Ok(Recovered { logs, retained, sessions: restored, reports, undecodable, requeued })
 }
 
-fn session_from(rec: SessionRecord) -> Session {
+fn session_from(rec: SessionRecord, clock: &WallClock, now: Instant) -> Session {
     let mut s = Session::new(rec.client_id, 0, rec.version);
     s.expiry_interval = rec.expiry_interval;
     s.subscriptions = rec.subscriptions.into_iter().collect();
     s.seen = rec.watermarks.into_iter().collect();
+    if let Some((will, due_ms)) = rec.will {
+        // A delayed will keeps its time. A connection that was live when the broker stopped
+        // ended without DISCONNECT: its will is due after its delay, from now (MQTT 5
+        // 3.1.2.5: the will is published when the network connection closes without one).
+        let delay = Duration::from_secs(u64::from(will.properties.will_delay_interval.unwrap_or(0)));
+        s.will_due =
+            Some(if due_ms != 0 && rec.disconnected_ms != 0 { clock.instant(due_ms, now) } else { now + delay });
+        s.will = Some(will);
+    }
     s
 }
 

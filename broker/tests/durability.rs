@@ -429,3 +429,72 @@ async fn batch_mode_loses_at_most_its_batch_on_kill_9() {
     }
     eprintln!("batch mode (64 records): {lost_total} of {acked_total} acknowledged messages lost over 4 kills");
 }
+
+/// A v5 CONNECT for a persistent session (expiry an hour) with a retained QoS 1 will on
+/// `topic`, sent `delay` seconds after the connection ends.
+fn persistent_with_will(id: &str, topic: &str, payload: &[u8], delay: u32) -> mqttbytes::v5::Connect {
+    let mut c = connect5_session(id, true, 3600);
+    let mut w = mqttbytes::v5::LastWill::new(topic, payload.to_vec(), mqttbytes::QoS::AtLeastOnce, true);
+    let mut p = will_props5();
+    p.delay_interval = Some(delay);
+    w.properties = Some(p);
+    c.last_will = Some(w);
+    c
+}
+
+/// The retained message on `topic` as a new subscriber sees it, if any within `wait`.
+async fn retained_payload(port: u16, topic: &str, wait: Duration) -> Option<Vec<u8>> {
+    let (mut r, _) = Raw::connect5_ok(port, connect5("will-reader", true)).await;
+    r.sub5(1, topic, mqttbytes::QoS::AtLeastOnce).await;
+    match r.read_frame(wait).await {
+        Ok(f) => match f.v5() {
+            mqttbytes::v5::Packet::Publish(p) => Some(p.payload.to_vec()),
+            other => panic!("expected the retained PUBLISH, got {other:?}"),
+        },
+        Err(_) => None,
+    }
+}
+
+/// Wills of persistent sessions are in their logged snapshots: a client that was connected
+/// when the broker was killed lost its connection without DISCONNECT, so after the restart
+/// its will is published once its delay has run [MQTT-3.1.2-8]; a delayed will that was
+/// already running keeps its time; one that was published before the crash, or cancelled by
+/// a normal DISCONNECT [MQTT-3.1.2-10], does not come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wills_of_persistent_sessions_survive_kill_9() {
+    skip_on_mosquitto!("crash test of promptmq's WAL");
+    let mut broker = BrokerOpts::new().start().await;
+    let port = broker.port();
+    // Connected through the crash, will delay 1 s.
+    let (_live, ack) = Raw::connect5(port, persistent_with_will("will-live", "wills/live", b"live gone", 1)).await;
+    assert_eq!(ack.code as u8, 0);
+    // Connection dropped before the crash; its will (delay 2 s) is running when it happens.
+    let (dropped, _) = Raw::connect5(port, persistent_with_will("will-drop", "wills/drop", b"drop gone", 2)).await;
+    drop(dropped);
+    // Disconnected normally: its will is discarded and must stay so.
+    let (polite, _) = Raw::connect5(port, persistent_with_will("will-polite", "wills/polite", b"never", 0)).await;
+    polite.disconnect5(mqttbytes::v5::DisconnectReasonCode::NormalDisconnection).await;
+    // Dropped with no delay: published now, and not again after the restart.
+    let (once, _) = Raw::connect5(port, persistent_with_will("will-once", "wills/once", b"once", 0)).await;
+    drop(once);
+    assert_eq!(retained_payload(port, "wills/once", Duration::from_secs(5)).await.as_deref(), Some(&b"once"[..]));
+    // Delete the retained "once" so that a second publication would show.
+    let mut cleaner = Client5::connect(port, "will-cleaner", true, None).await;
+    cleaner.publish("wills/once", QoS5::AtLeastOnce, true, Vec::new()).await;
+    // The session snapshots are logged by the sessions' home shards; give them a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    broker.crash_and_restart().await;
+    assert_eq!(
+        retained_payload(port, "wills/live", Duration::from_secs(5)).await.as_deref(),
+        Some(&b"live gone"[..]),
+        "the will of a client connected at the crash"
+    );
+    assert_eq!(
+        retained_payload(port, "wills/drop", Duration::from_secs(5)).await.as_deref(),
+        Some(&b"drop gone"[..]),
+        "a delayed will running at the crash"
+    );
+    assert_eq!(retained_payload(port, "wills/polite", Duration::from_millis(500)).await, None, "a discarded will");
+    assert_eq!(retained_payload(port, "wills/once", Duration::from_millis(500)).await, None, "a will published twice");
+}

@@ -14,18 +14,6 @@ fn will4(id: &str, topic: &str, payload: &[u8], qos: QoS, retain: bool) -> v4::C
     c
 }
 
-fn will_props5() -> v5::WillProperties {
-    v5::WillProperties {
-        delay_interval: None,
-        payload_format_indicator: None,
-        message_expiry_interval: None,
-        content_type: None,
-        response_topic: None,
-        correlation_data: None,
-        user_properties: vec![],
-    }
-}
-
 fn will5(id: &str, topic: &str, payload: &[u8], delay: Option<u32>, session_expiry: Option<u32>) -> v5::Connect {
     let mut c = match session_expiry {
         Some(e) => connect5_session(id, true, e),

@@ -172,6 +172,10 @@ impl Core {
                 disconnected_ms: if s.conn.is_some() { 0 } else { self.clock.unix_ms(now).max(1) },
                 subscriptions: s.subscriptions.iter().map(|(f, st)| (f.clone(), st.clone())).collect(),
                 watermarks: s.watermarks(),
+                will: s.will.as_deref().map(|w| {
+                    let due_ms = s.will_due.map_or(0, |t| self.clock.unix_ms(t).max(1));
+                    (Box::new(w.clone()), due_ms)
+                }),
             };
             persist::encode_session(&record)
         } else {

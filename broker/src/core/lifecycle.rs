@@ -512,6 +512,8 @@ impl Core {
             if let Some(w) = session.will.take() {
                 let cid = session.client_id.clone();
                 self.publish_will(&cid, w, now);
+                // Published: the logged snapshot must not bring it back after a restart.
+                self.persist_session(&cid, now);
             }
         }
         if let Some(session) = self.sessions.get_mut(client_id) {

@@ -1406,6 +1406,19 @@ pub fn connect5_session(id: &str, clean: bool, expiry: u32) -> v5::Connect {
     c
 }
 
+/// Empty v5 will properties.
+pub fn will_props5() -> v5::WillProperties {
+    v5::WillProperties {
+        delay_interval: None,
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: vec![],
+    }
+}
+
 /// Empty v5 PUBLISH properties.
 pub fn publish_props5() -> v5::PublishProperties {
     v5::PublishProperties {
