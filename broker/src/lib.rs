@@ -22,6 +22,7 @@ pub mod codec;
 pub mod config;
 pub mod core;
 pub mod listeners;
+pub mod local_signal;
 pub mod message;
 pub mod metrics;
 pub mod passwd;

@@ -37,6 +37,7 @@ use crate::config::{AcceptMode, Config, WalSyncMode};
 use crate::core::{shard_of, RetentionPins};
 use crate::core::{Action, Core, CoreMsg};
 use crate::listeners::{self, ListenerKind, Transports};
+use crate::local_signal::LocalSignal;
 use crate::message::SharedMessage;
 use crate::metrics::{BrokerInfo, Metrics};
 use crate::persist::WallClock;
@@ -411,14 +412,14 @@ struct ConnIo {
     /// Encoded packets waiting for the writer. Unallocated while the connection is idle
     /// (see [`QUEUE_POOL`]).
     queue: RefCell<Vec<Bytes>>,
-    signal: rt::LocalSignal,
+    signal: LocalSignal,
     closing: Cell<bool>,
     /// The reader saw end of stream or an error.
     reader_done: Cell<bool>,
     /// The writer finished (the socket is closed or about to be).
     writer_done: Cell<bool>,
     /// Rung by the writer after each write, for a reader waiting on a full write queue.
-    drained: rt::LocalSignal,
+    drained: LocalSignal,
     closer: rt::Closer,
     /// TLS and/or WebSocket between the socket and MQTT (`None`: plain MQTT). Boxed, so
     /// that plain connections pay one pointer for it.
@@ -462,7 +463,7 @@ struct Driver {
     /// This core has begun stopping (see [`shut_down`]).
     stopping: Cell<bool>,
     /// Rung when this core has stopped; `run_core` returns then.
-    stopped: rt::LocalSignal,
+    stopped: LocalSignal,
 }
 
 async fn run_core(index: usize, shared: Arc<Shared>, start: Option<CoreStart>) {
@@ -495,7 +496,7 @@ async fn run_core(index: usize, shared: Arc<Shared>, start: Option<CoreStart>) {
         congested: Cell::new(false),
         overloaded: Cell::new(false),
         stopping: Cell::new(false),
-        stopped: rt::LocalSignal::default(),
+        stopped: LocalSignal::default(),
         shared,
     });
     rt::spawn_local(drain_inbox(Rc::clone(&driver)));
@@ -603,11 +604,11 @@ fn serve(driver: &Rc<Driver>, stream: rt::Stream, kind: ListenerKind) {
     };
     let io = Rc::new(ConnIo {
         queue: RefCell::new(Vec::new()),
-        signal: rt::LocalSignal::default(),
+        signal: LocalSignal::default(),
         closing: Cell::new(false),
         reader_done: Cell::new(false),
         writer_done: Cell::new(false),
-        drained: rt::LocalSignal::default(),
+        drained: LocalSignal::default(),
         closer,
         transport: driver
             .shared

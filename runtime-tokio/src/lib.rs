@@ -16,14 +16,11 @@
 //!
 //! Invariant: nothing here blocks a core's thread; all waiting is `async`.
 
-use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -389,53 +386,6 @@ impl Wakeup {
     }
 }
 
-/// A same-core signal between tasks (e.g. "this connection has bytes to write"), with permit
-/// semantics: a signal while nobody waits is kept for the next wait.
-///
-/// One task waits on a signal at a time (like `AtomicWaker`): a wait registers its task's
-/// waker in place of the previous one. That takes no allocation, and it cannot pile up
-/// copies of one task's waker: `Waker::will_wake` may say two wakers of the same task
-/// differ (their vtables can be distinct copies), so a list of waiters would grow with each
-/// poll of a task that waits while it is woken for other reasons (a connection's task is
-/// polled for its reads and its writes alike).
-#[derive(Default)]
-pub struct LocalSignal {
-    permit: Cell<bool>,
-    waker: Cell<Option<Waker>>,
-}
-
-impl LocalSignal {
-    pub fn signal(&self) {
-        self.permit.set(true);
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
-    }
-
-    pub async fn wait(&self) {
-        LocalWait { signal: self }.await
-    }
-}
-
-struct LocalWait<'a> {
-    signal: &'a LocalSignal,
-}
-
-impl Future for LocalWait<'_> {
-    type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.signal.permit.replace(false) {
-            return Poll::Ready(());
-        }
-        let waker = match self.signal.waker.take() {
-            Some(w) if w.will_wake(cx.waker()) => w,
-            _ => cx.waker().clone(),
-        };
-        self.signal.waker.set(Some(waker));
-        Poll::Pending
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -492,30 +442,6 @@ mod tests {
             assert_eq!(got.len(), sent.len());
             assert!(got == sent, "bytes differ");
             client.join().expect("client");
-        });
-    }
-
-    #[test]
-    fn local_signal_has_permit_semantics() {
-        on_core(async {
-            let signal = Rc::new(LocalSignal::default());
-            signal.signal();
-            signal.wait().await;
-            let s = Rc::clone(&signal);
-            let got = Rc::new(Cell::new(0));
-            let g = Rc::clone(&got);
-            spawn_local(async move {
-                loop {
-                    s.wait().await;
-                    g.set(g.get() + 1);
-                }
-            });
-            yield_now().await;
-            assert_eq!(got.get(), 0);
-            signal.signal();
-            yield_now().await;
-            yield_now().await;
-            assert_eq!(got.get(), 1);
         });
     }
 }

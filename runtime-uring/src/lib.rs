@@ -53,7 +53,6 @@
 //!   effect as the container profiles.
 #![cfg(target_os = "linux")]
 
-use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -938,53 +937,6 @@ impl Future for WakeupWait<'_> {
         if self.inner.notified.swap(false, Ordering::AcqRel) {
             return Poll::Ready(());
         }
-        Poll::Pending
-    }
-}
-
-/// A same-core signal between tasks (e.g. "this connection has bytes to write"), with permit
-/// semantics: a signal while nobody waits is kept for the next wait.
-///
-/// One task waits on a signal at a time (like `AtomicWaker`): a wait registers its task's
-/// waker in place of the previous one. That takes no allocation, and it cannot pile up
-/// copies of one task's waker: `Waker::will_wake` may say two wakers of the same task
-/// differ (their vtables can be distinct copies), so a list of waiters would grow with each
-/// poll of a task that waits while it is woken for other reasons (a connection's task is
-/// polled for its reads and its writes alike).
-#[derive(Default)]
-pub struct LocalSignal {
-    permit: Cell<bool>,
-    waker: Cell<Option<Waker>>,
-}
-
-impl LocalSignal {
-    pub fn signal(&self) {
-        self.permit.set(true);
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
-    }
-
-    pub async fn wait(&self) {
-        LocalWait { signal: self }.await
-    }
-}
-
-struct LocalWait<'a> {
-    signal: &'a LocalSignal,
-}
-
-impl Future for LocalWait<'_> {
-    type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.signal.permit.replace(false) {
-            return Poll::Ready(());
-        }
-        let waker = match self.signal.waker.take() {
-            Some(w) if w.will_wake(cx.waker()) => w,
-            _ => cx.waker().clone(),
-        };
-        self.signal.waker.set(Some(waker));
         Poll::Pending
     }
 }

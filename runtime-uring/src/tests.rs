@@ -1,7 +1,7 @@
 //! Tests of the runtime API, each run on both drivers (io_uring, when this machine allows it,
 //! and epoll).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -101,30 +101,6 @@ fn many_rings_from_many_threads_are_not_lost() {
         for t in threads {
             t.join().expect("ringer");
         }
-    });
-}
-
-#[test]
-fn local_signal_has_permit_semantics() {
-    on_both(|| async {
-        let signal = Rc::new(LocalSignal::default());
-        signal.signal();
-        signal.wait().await;
-        let s = Rc::clone(&signal);
-        let got = Rc::new(Cell::new(0));
-        let g = Rc::clone(&got);
-        spawn_local(async move {
-            loop {
-                s.wait().await;
-                g.set(g.get() + 1);
-            }
-        });
-        yield_now().await;
-        assert_eq!(got.get(), 0);
-        signal.signal();
-        yield_now().await;
-        yield_now().await;
-        assert_eq!(got.get(), 1);
     });
 }
 
