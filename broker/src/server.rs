@@ -682,7 +682,7 @@ fn read_loop<'a>(
             buf = b;
             // Taken around the synchronous handling only: across an await below, other
             // connections of this core publish too.
-            let reliable_before = driver.core.borrow().reliable_publishes_received();
+            let before = driver.core.borrow().publishes_received();
             match res {
                 Ok(0) | Err(_) => {
                     driver.core.borrow_mut().on_closed(id, Instant::now());
@@ -723,7 +723,8 @@ fn read_loop<'a>(
                     }
                 },
             }
-            let published = driver.core.borrow().reliable_publishes_received() != reliable_before;
+            let after = driver.core.borrow().publishes_received();
+            let (published, published_reliable) = (after.0 != before.0, after.1 != before.1);
             // Even with no room left, an emptied buffer may still share its allocation with
             // the packets split off it: replacing it lets that go with them.
             if buf.is_empty() {
@@ -756,13 +757,15 @@ fn read_loop<'a>(
             while !io.closing.get() && driver.core.borrow().pending_write(id) > driver.shared.config.max_write_buffer {
                 io.drained.wait().await;
             }
-            while driver.shared.congested.load(Ordering::Acquire) > 0 && !io.closing.get() {
+            // Only publishers wait, in both cases: they bring the new work, and subscribers'
+            // acknowledgements are what drains queues (a subscriber not read while its
+            // window is full would stall, and its queue overflow).
+            while published && driver.shared.congested.load(Ordering::Acquire) > 0 && !io.closing.get() {
                 rt::sleep(Duration::from_millis(1)).await;
                 driver.retry_overflow();
                 driver.update_congestion();
             }
-            // Only publishers wait: subscribers' acknowledgements are what drains the backlog.
-            if published {
+            if published_reliable {
                 let until = Instant::now() + OVERLOAD_PAUSE;
                 while driver.shared.overloaded.load(Ordering::Acquire) > 0
                     && !io.closing.get()

@@ -406,9 +406,10 @@ impl Core {
         level
     }
 
-    /// QoS 1 and 2 PUBLISH packets received so far (all connections of this core).
-    pub fn reliable_publishes_received(&self) -> u64 {
-        self.stats.messages_in_by_qos[1] + self.stats.messages_in_by_qos[2]
+    /// PUBLISH packets received so far on this core's connections: (all, QoS 1 and 2).
+    pub fn publishes_received(&self) -> (u64, u64) {
+        let [q0, q1, q2] = self.stats.messages_in_by_qos;
+        (q0 + q1 + q2, q1 + q2)
     }
 
     /// Whether this shard's log reports a failing write or sync (e.g. a full disk).
