@@ -464,6 +464,8 @@ struct Driver {
     stopping: Cell<bool>,
     /// Rung when this core has stopped; `run_core` returns then.
     stopped: LocalSignal,
+    /// One per accept loop of this core, rung when the core begins stopping.
+    accept_stops: RefCell<Vec<Rc<LocalSignal>>>,
 }
 
 async fn run_core(index: usize, shared: Arc<Shared>, start: Option<CoreStart>) {
@@ -497,6 +499,7 @@ async fn run_core(index: usize, shared: Arc<Shared>, start: Option<CoreStart>) {
         overloaded: Cell::new(false),
         stopping: Cell::new(false),
         stopped: LocalSignal::default(),
+        accept_stops: RefCell::new(Vec::new()),
         shared,
     });
     rt::spawn_local(drain_inbox(Rc::clone(&driver)));
@@ -504,7 +507,11 @@ async fn run_core(index: usize, shared: Arc<Shared>, start: Option<CoreStart>) {
     // Without listeners of its own (no SO_REUSEPORT) a core serves handed-over connections.
     for (kind, listener) in listeners {
         match rt::Listener::from_std(listener) {
-            Ok(listener) => rt::spawn_local(accept_loop(Rc::clone(&driver), listener, kind)),
+            Ok(listener) => {
+                let stop = Rc::new(LocalSignal::default());
+                driver.accept_stops.borrow_mut().push(Rc::clone(&stop));
+                rt::spawn_local(accept_loop(Rc::clone(&driver), listener, kind, stop));
+            }
             Err(e) => tracing::error!(core = index, listener = kind.name(), error = %e, "listener setup failed"),
         }
     }
@@ -519,6 +526,10 @@ async fn run_core(index: usize, shared: Arc<Shared>, start: Option<CoreStart>) {
 /// and [`SHUTDOWN_JOURNAL`].
 async fn shut_down(driver: Rc<Driver>) {
     let shared = Arc::clone(&driver.shared);
+    // Stop accepting first: the listeners close, and new connections are refused.
+    for stop in driver.accept_stops.borrow_mut().drain(..) {
+        stop.signal();
+    }
     driver.core.borrow_mut().on_shutdown(Instant::now());
     driver.dispatch();
     shared.closed_cores.fetch_add(1, Ordering::AcqRel);
@@ -545,12 +556,26 @@ async fn shut_down(driver: Rc<Driver>) {
     driver.stopped.signal();
 }
 
-async fn accept_loop(driver: Rc<Driver>, listener: rt::Listener, kind: ListenerKind) {
+/// Accepts connections until `stop` is signalled, then closes the listener (returning drops
+/// it), so that new connections are refused by the kernel instead of accepted and closed.
+async fn accept_loop(driver: Rc<Driver>, listener: rt::Listener, kind: ListenerKind, stop: Rc<LocalSignal>) {
     let shared = Arc::clone(&driver.shared);
     let mut next = 0usize;
     loop {
-        match listener.accept().await {
-            // Stopping: the socket is closed at once (dropped).
+        let accepted = {
+            let mut accept = std::pin::pin!(listener.accept());
+            let mut stopped = std::pin::pin!(stop.wait());
+            std::future::poll_fn(|cx| {
+                if stopped.as_mut().poll(cx).is_ready() {
+                    return std::task::Poll::Ready(None);
+                }
+                accept.as_mut().poll(cx).map(Some)
+            })
+            .await
+        };
+        let Some(accepted) = accepted else { return };
+        match accepted {
+            // Accepted just as the stop began: closed at once (dropped).
             Ok(_) if driver.stopping.get() => return,
             Ok((stream, _peer)) => {
                 if shared.handoff.is_empty() {

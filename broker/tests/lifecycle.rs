@@ -35,6 +35,33 @@ async fn sigterm_and_sigint_disconnect_clients_and_exit_0() {
     }
 }
 
+/// Stopping begins with closing the listeners: while the broker is still finishing with a
+/// client that has not closed its side, a new connection is refused by the kernel, not
+/// accepted and dropped (what a load balancer's health check and a reconnecting client see).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_broker_refuses_new_connections() {
+    skip_on_mosquitto!("promptmq's signal handling");
+    let mut broker = BrokerOpts::new().cores(2).start().await;
+    let port = broker.port();
+    // Told to go but keeping its socket open: the broker lingers on it (up to 2 s).
+    let (mut lingering, _) = Raw::connect5_ok(port, connect5("stop-linger", true)).await;
+    broker.signal(libc::SIGTERM);
+    assert_eq!(lingering.recv().await.disconnect_reason(), Some(0x8B));
+    // Every core has begun stopping by now (they are told at once).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Not one connection gets through: each would otherwise be accepted, then dropped.
+    for attempt in 0..4 {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "attempt {attempt}: {e}"),
+            Ok(_) => panic!("attempt {attempt}: a connection was accepted 200 ms into the stop"),
+        }
+    }
+    assert!(broker.is_running(), "the broker had already exited: the check proves nothing");
+    drop(lingering);
+    let status = broker.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.is_some_and(|s| s.success()), "exit status {status:?}");
+}
+
 /// A persistent subscriber (QoS 1, acknowledging what it gets) and a publisher running
 /// flat out; SIGTERM mid-stream; restart from the same data directory. Every message the
 /// publisher had acknowledged reaches the subscriber, before the stop or after it.
