@@ -111,6 +111,9 @@ struct Shared {
     /// of life), and whether its log reports failures.
     heartbeats: Vec<AtomicU64>,
     wal_failing: Vec<AtomicBool>,
+    /// Per core: milliseconds since `started` at its last failed accept (EMFILE, ENFILE,
+    /// ENOMEM, ...; 0: none yet).
+    accept_failed_ms: Vec<AtomicU64>,
     started: Instant,
     /// Open client connections over all cores (`mqtt.max-connections`).
     active_conns: AtomicUsize,
@@ -284,6 +287,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         metrics: Arc::new(Metrics::new(cores)),
         heartbeats: (0..cores).map(|_| AtomicU64::new(0)).collect(),
         wal_failing: (0..cores).map(|_| AtomicBool::new(false)).collect(),
+        accept_failed_ms: (0..cores).map(|_| AtomicU64::new(0)).collect(),
         started: now,
         active_conns: AtomicUsize::new(0),
         nonce,
@@ -383,7 +387,8 @@ fn start_metrics(shared: &Arc<Shared>) -> Result<(), StartError> {
 }
 
 /// Healthy while not stopping, every core ticks (so it runs its accept loops and rings),
-/// and every log can be written.
+/// no listener failed to accept in the last [`HEALTH_ACCEPT_MS`] (an accept loop retries
+/// every 50 ms while the error lasts), and every log can be written.
 fn health(shared: &Shared) -> Result<(), String> {
     if shared.stopping.load(Ordering::Acquire) {
         return Err("stopping".into());
@@ -395,6 +400,12 @@ fn health(shared: &Shared) -> Result<(), String> {
             return Err(format!("core {core} has not run for {} ms", now_ms - last));
         }
     }
+    for (core, failed) in shared.accept_failed_ms.iter().enumerate() {
+        let at = failed.load(Ordering::Acquire);
+        if at != 0 && now_ms.saturating_sub(at) < HEALTH_ACCEPT_MS {
+            return Err(format!("core {core} cannot accept connections (see the broker log)"));
+        }
+    }
     for (shard, failing) in shared.wal_failing.iter().enumerate() {
         if failing.load(Ordering::Acquire) {
             return Err(format!("the log of shard {shard} cannot be written (see the broker log)"));
@@ -403,6 +414,8 @@ fn health(shared: &Shared) -> Result<(), String> {
     Ok(())
 }
 
+/// A failed accept keeps the health check failing for this long (see [`health`]).
+const HEALTH_ACCEPT_MS: u64 = 1_000;
 /// A core that has not ticked for this long is reported unhealthy.
 const HEALTH_STALL_MS: u64 = 5_000;
 /// How often a core refreshes the gauges that walk all its sessions.
@@ -597,6 +610,8 @@ async fn accept_loop(driver: Rc<Driver>, listener: rt::Listener, kind: ListenerK
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(core = driver.id, error = %e, "accept failed");
+                let now_ms = (shared.started.elapsed().as_millis() as u64).max(1);
+                shared.accept_failed_ms[driver.id].store(now_ms, Ordering::Release);
                 rt::sleep(Duration::from_millis(50)).await;
             }
         }

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use mqttbytes::v5;
 
-/// The value of the sample `name` (with labels, exactly as rendered) in a scrape.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_metrics_and_health_over_http() {
     skip_on_mosquitto!("promptmq's metrics endpoint");
@@ -102,4 +101,56 @@ async fn json_logs_are_one_object_per_line() {
         assert!(line.starts_with('{') && line.ends_with('}'), "not a JSON object: {line}");
         assert!(line.contains("\"level\":\"INFO\""), "{line}");
     }
+}
+
+/// `/health` is 503 while listeners fail to accept (here the broker's open-files limit is
+/// lowered to what it holds, so accepts fail with EMFILE) and for a second after the last
+/// failure, then 200 again. (While descriptors are exhausted the health check itself cannot
+/// be accepted either; the answer is seen once one is free.)
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_fails_while_connections_cannot_be_accepted() {
+    skip_on_mosquitto!("promptmq's health check");
+    if std::process::Command::new("prlimit").arg("--version").output().is_err() {
+        eprintln!("prlimit (util-linux) is not installed: skipped");
+        return;
+    }
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let broker =
+        BrokerOpts::new().cores(1).extra_args(&["--metrics-enabled", "true", "--metrics-bind", &bind]).start().await;
+    // The MQTT port answers first (the kernel queues connections once it is bound); the
+    // metrics endpoint is bound a moment later.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "metrics endpoint not listening");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(http_get(port, "/health").0, 200);
+    // The soft limit only (`N:`), so that it can be raised back.
+    let set_nofile = |n: usize| {
+        let status = std::process::Command::new("prlimit")
+            .args(["--pid", &broker.pid().to_string(), &format!("--nofile={n}:")])
+            .status()
+            .expect("run prlimit");
+        assert!(status.success(), "prlimit failed");
+    };
+    // Below what it holds (the metrics thread may have one more open for a moment): no new
+    // descriptor at all until it is raised again.
+    let open = std::fs::read_dir(format!("/proc/{}/fd", broker.pid())).expect("fd dir").count();
+    set_nofile(open.saturating_sub(4).max(1));
+    // Completed by the kernel, waiting in the listen queue: every accept fails meanwhile.
+    let clients: Vec<_> =
+        (0..4).filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", broker.port())).ok()).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    set_nofile(1_024);
+    let (status, failing) = http_get(port, "/health");
+    assert_eq!(status, 503, "{failing}");
+    assert!(failing.contains("cannot accept"), "{failing}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while http_get(port, "/health").0 != 200 {
+        assert!(Instant::now() < deadline, "health did not recover once accepts worked again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(clients);
 }
