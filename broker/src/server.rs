@@ -447,6 +447,8 @@ struct ConnIo {
 struct Layer {
     transport: Box<promptmq_transport::Transport>,
     app: BytesMut,
+    /// The peer's identity was handed to the core (see `auth.use-identity-as-username`).
+    identified: bool,
 }
 
 impl ConnIo {
@@ -654,7 +656,7 @@ fn serve(driver: &Rc<Driver>, stream: rt::Stream, kind: ListenerKind) {
             .shared
             .transports
             .for_kind(kind)
-            .map(|transport| Box::new(RefCell::new(Layer { transport, app: BytesMut::new() }))),
+            .map(|transport| Box::new(RefCell::new(Layer { transport, app: BytesMut::new(), identified: false }))),
         counted: Cell::new(true),
     });
     driver.conns.borrow_mut().insert(id, Rc::clone(&io));
@@ -739,8 +741,16 @@ fn read_loop<'a>(
                     Some(layer) => {
                         let (res, ended, wants_write) = {
                             let mut layer = layer.borrow_mut();
-                            let Layer { transport, app } = &mut *layer;
+                            let Layer { transport, app, identified } = &mut *layer;
                             let res = transport.receive(&mut buf, app);
+                            if !app.is_empty() && driver.shared.config.use_identity_as_username && !*identified {
+                                // The handshake is done (MQTT bytes follow it): tell the core
+                                // who the certificate says this is, before the CONNECT.
+                                *identified = true;
+                                if let Some(name) = transport.peer_common_name() {
+                                    driver.core.borrow_mut().set_peer_identity(id, Bytes::from(name));
+                                }
+                            }
                             if !app.is_empty() {
                                 driver.core.borrow_mut().on_bytes(id, app, Instant::now());
                             }

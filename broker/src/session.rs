@@ -272,6 +272,9 @@ pub struct Conn {
     pub assigned_client_id: bool,
     /// What this client may publish and subscribe to (`None`: no ACL file).
     pub acl: Option<Arc<ClientAcl>>,
+    /// The subject CN of the client certificate the TLS layer verified, when
+    /// `auth.use-identity-as-username` is set (see `Core::set_peer_identity`).
+    pub peer_identity: Option<Bytes>,
     /// Set when the connection limit was reached at accept: the CONNECT is refused so.
     pub refuse_with: Option<u8>,
     /// Publish rate limit: tokens left (negative: debt) as of `rate_at`.
@@ -303,6 +306,7 @@ impl Conn {
             server_keep_alive: None,
             assigned_client_id: false,
             acl: None,
+            peer_identity: None,
             refuse_with: None,
             // A full bucket (capped at one second of publishes on first use).
             rate_tokens: f64::INFINITY,

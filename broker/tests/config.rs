@@ -243,6 +243,7 @@ storage:
     max-size: 10MiB
 auth:
   allow-anonymous: false
+  use-identity-as-username: true
   password-file: {passwd}
   acl-file: {acl}
 metrics:

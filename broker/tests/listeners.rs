@@ -330,3 +330,63 @@ async fn sighup_loads_a_new_certificate_for_new_connections() {
     let out = sub.wait_with_output().expect("mosquitto_sub");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "still here", "the old connection survived the reload");
 }
+
+/// `auth.use-identity-as-username`: on the mTLS listener the client certificate's CN is the
+/// user name. Anonymous clients are refused, yet the certificate holder connects with no user
+/// name and gets the ACL's `user client-one` rules (read and write `id/#` only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_certificate_cn_is_the_user_name() {
+    skip_on_mosquitto!("promptmq's TLS flags");
+    let pki = make_pki("identity");
+    let acl = pki.path("acl");
+    std::fs::write(&acl, "user client-one\ntopic readwrite id/#\n").expect("write acl");
+    let tls_port = free_port();
+    let bind = format!("127.0.0.1:{tls_port}");
+    let broker = BrokerOpts::new()
+        .extra_args(&[
+            "--tls-bind",
+            &bind,
+            "--tls-cert",
+            &pki.path("server.crt"),
+            "--tls-key",
+            &pki.path("server.key"),
+            "--tls-ca",
+            &pki.path("ca.crt"),
+            "--use-identity-as-username",
+            "true",
+            "--allow-anonymous",
+            "false",
+            "--acl-file",
+            &acl,
+        ])
+        .start()
+        .await;
+    // Plain TCP, no user name: refused (anonymous is off).
+    let anonymous = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port().to_string(), "-t", "id/t", "-m", "x", "-q", "1"])
+        .output()
+        .expect("mosquitto_pub");
+    assert!(!anonymous.status.success(), "an anonymous client was let in");
+
+    let sub =
+        mosquitto("mosquitto_sub", tls_port, &pki, Some("client"), &["-t", "id/t", "-C", "1", "-W", "15", "-q", "1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_sub");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Both ends are `client-one` by certificate only; the ACL's block for that user is what
+    // lets them write and read `id/t` (anonymous clients have no rules at all).
+    let out =
+        mosquitto("mosquitto_pub", tls_port, &pki, Some("client"), &["-t", "id/t", "-m", "as client-one", "-q", "1"])
+            .output()
+            .expect("mosquitto_pub");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = sub.wait_with_output().expect("mosquitto_sub");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "as client-one",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -52,6 +52,7 @@ pub const KEYS: &[Key] = &[
     key("storage.retention.max-message-age", "retention_max_message_age"),
     key("storage.retention.max-size", "retention_max_size"),
     key("auth.allow-anonymous", "allow_anonymous"),
+    key("auth.use-identity-as-username", "use_identity_as_username"),
     key("auth.password-file", "password_file"),
     key("auth.acl-file", "acl_file"),
     key("metrics.enabled", "metrics_enabled"),

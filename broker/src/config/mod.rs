@@ -68,6 +68,12 @@ pub struct Config {
     #[arg(long, env = "PROMPTMQ_AUTH_ALLOW_ANONYMOUS", default_value_t = true, action = clap::ArgAction::Set)]
     pub allow_anonymous: bool,
 
+    /// On listeners that verify client certificates (`server.tls-ca`), the certificate's
+    /// subject CN is the client's user name, for logins and the ACL, and whatever user name
+    /// and password the client sends are ignored (mosquitto's `use_identity_as_username`).
+    #[arg(long, env = "PROMPTMQ_AUTH_USE_IDENTITY_AS_USERNAME", default_value_t = false, action = clap::ArgAction::Set, requires_if("true", "tls_ca"))]
+    pub use_identity_as_username: bool,
+
     /// Password file in mosquitto's format (`user:hash`, hashes from `mosquitto_passwd` or
     /// `promptmq passwd`). Reloaded on SIGHUP.
     #[arg(long, env = "PROMPTMQ_AUTH_PASSWORD_FILE")]

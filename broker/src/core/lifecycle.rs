@@ -69,6 +69,16 @@ impl Core {
             conn.assigned_client_id = v5;
         }
         conn.client_id = client_id.clone();
+        if self.config.use_identity_as_username {
+            if let Some(name) = conn.peer_identity.clone() {
+                // The certificate is the credential: whatever user name and password the
+                // client sent are not used.
+                c.username = Some(name);
+                c.password = None;
+                let login = self.access.as_ref().map(|_| Ok(access::Login::Verified));
+                return self.accept_connect(id, c, login, Vec::new(), now);
+            }
+        }
         if let Some(checks) = &self.access {
             if let (true, Some(username)) = (checks.login_is_costly(c.username.as_deref()), &c.username) {
                 // Owned: the check outlives this read buffer.

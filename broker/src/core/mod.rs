@@ -346,6 +346,15 @@ impl Core {
         self.access = Some(access);
     }
 
+    /// The verified identity (client certificate subject CN) of a connection, before its
+    /// CONNECT: with `auth.use-identity-as-username` it replaces the user name the client
+    /// sends.
+    pub fn set_peer_identity(&mut self, id: ConnId, name: Bytes) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.peer_identity = Some(name);
+        }
+    }
+
     /// The access rules in force (`None`: everything allowed).
     pub fn access(&self) -> Option<Arc<Access>> {
         self.access.clone()
