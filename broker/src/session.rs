@@ -223,8 +223,13 @@ impl Session {
 /// Where a connection is in its life.
 #[derive(Debug)]
 pub enum Phase {
-    /// Only CONNECT is acceptable [MQTT-3.1.0-1].
-    AwaitingConnect,
+    /// Only CONNECT is acceptable [MQTT-3.1.0-1]. `peer_identity`: the subject CN of the
+    /// client certificate the TLS layer verified, kept for the CONNECT when
+    /// `auth.use-identity-as-username` is set (see `Core::set_peer_identity`). Here rather
+    /// than in [`Conn`], where every connection would pay for it for its whole life.
+    AwaitingConnect {
+        peer_identity: Option<Bytes>,
+    },
     /// CONNECT read; its password is being checked off the core (see
     /// [`crate::access::LoginCheck`]). Packets the client pipelined behind it wait.
     AwaitingLogin {
@@ -272,9 +277,6 @@ pub struct Conn {
     pub assigned_client_id: bool,
     /// What this client may publish and subscribe to (`None`: no ACL file).
     pub acl: Option<Arc<ClientAcl>>,
-    /// The subject CN of the client certificate the TLS layer verified, when
-    /// `auth.use-identity-as-username` is set (see `Core::set_peer_identity`).
-    pub peer_identity: Option<Bytes>,
     /// Set when the connection limit was reached at accept: the CONNECT is refused so.
     pub refuse_with: Option<u8>,
     /// Publish rate limit: tokens left (negative: debt) as of `rate_at`.
@@ -288,7 +290,7 @@ impl Conn {
             id,
             accepted_at: now,
             timer_at: None,
-            phase: Phase::AwaitingConnect,
+            phase: Phase::AwaitingConnect { peer_identity: None },
             version: ProtocolVersion::V311,
             client_id: Bytes::new(),
             keep_alive: Duration::ZERO,
@@ -306,7 +308,6 @@ impl Conn {
             server_keep_alive: None,
             assigned_client_id: false,
             acl: None,
-            peer_identity: None,
             refuse_with: None,
             // A full bucket (capped at one second of publishes on first use).
             rate_tokens: f64::INFINITY,
@@ -330,7 +331,7 @@ impl Conn {
     /// many bytes trickle in, so idle or slow-loris sockets cannot pile up (and a login
     /// waiting behind many others gives up).
     pub fn keep_alive_deadline(&self) -> Option<Instant> {
-        if matches!(self.phase, Phase::AwaitingConnect | Phase::AwaitingLogin { .. }) {
+        if matches!(self.phase, Phase::AwaitingConnect { .. } | Phase::AwaitingLogin { .. }) {
             return Some(self.accepted_at + CONNECT_TIMEOUT);
         }
         (!self.keep_alive.is_zero()).then(|| self.last_seen + self.keep_alive * 3 / 2)

@@ -70,7 +70,11 @@ impl Core {
         }
         conn.client_id = client_id.clone();
         if self.config.use_identity_as_username {
-            if let Some(name) = conn.peer_identity.clone() {
+            let identity = match &mut conn.phase {
+                Phase::AwaitingConnect { peer_identity } => peer_identity.take(),
+                _ => None,
+            };
+            if let Some(name) = identity {
                 // The certificate is the credential: whatever user name and password the
                 // client sent are not used.
                 c.username = Some(name);
@@ -99,8 +103,8 @@ impl Core {
     /// The verdict on a password checked off the core: the CONNECT it belongs to goes on.
     pub fn on_login(&mut self, id: ConnId, verdict: Result<access::Login, u8>, now: Instant) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
-        let Phase::AwaitingLogin { connect, pending } = std::mem::replace(&mut conn.phase, Phase::AwaitingConnect)
-        else {
+        let placeholder = Phase::AwaitingConnect { peer_identity: None };
+        let Phase::AwaitingLogin { connect, pending } = std::mem::replace(&mut conn.phase, placeholder) else {
             return;
         };
         self.accept_connect(id, *connect, Some(verdict), pending, now);
@@ -457,7 +461,7 @@ impl Core {
                 self.closed_awaiting.insert(id, (conn.client_id.clone(), conn.session_expiry, will));
                 return;
             }
-            Phase::AwaitingConnect | Phase::AwaitingLogin { .. } => return,
+            Phase::AwaitingConnect { .. } | Phase::AwaitingLogin { .. } => return,
         }
         let Some(mut session) = self.sessions.remove(&conn.client_id) else { return };
         if session.conn != Some(id) {

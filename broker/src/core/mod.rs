@@ -351,7 +351,9 @@ impl Core {
     /// sends.
     pub fn set_peer_identity(&mut self, id: ConnId, name: Bytes) {
         if let Some(conn) = self.conns.get_mut(&id) {
-            conn.peer_identity = Some(name);
+            if let Phase::AwaitingConnect { peer_identity } = &mut conn.phase {
+                *peer_identity = Some(name);
+            }
         }
     }
 
@@ -482,7 +484,7 @@ impl Core {
             }
             conn.last_seen = now;
             let version = match conn.phase {
-                Phase::AwaitingConnect => None,
+                Phase::AwaitingConnect { .. } => None,
                 _ => Some(conn.version),
             };
             let frame = match codec::check_frame(buf, max) {
@@ -614,7 +616,7 @@ impl Core {
     fn on_packet(&mut self, id: ConnId, packet: Packet, now: Instant) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
         match &mut conn.phase {
-            Phase::AwaitingConnect => match packet {
+            Phase::AwaitingConnect { .. } => match packet {
                 Packet::Connect(c) => self.on_connect(id, c, now),
                 // The decoder accepts only CONNECT before CONNECT; this is defence in depth.
                 _ => self.close(id, CloseWith { reason: None, will: false }, now),
@@ -657,7 +659,7 @@ impl Core {
     fn protocol_failure(&mut self, id: ConnId, e: &DecodeError, now: Instant) {
         let Some(conn) = self.conns.get(&id) else { return };
         tracing::debug!(conn = id, error = %e, "closing connection on bad packet");
-        if matches!(conn.phase, Phase::AwaitingConnect) {
+        if matches!(conn.phase, Phase::AwaitingConnect { .. }) {
             // A CONNECT we cannot accept: answer with CONNACK where the client can read it
             // [MQTT-3.1.2-2], then close.
             if let DecodeError::UnsupportedProtocolVersion(level) = e {
