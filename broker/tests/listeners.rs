@@ -98,25 +98,20 @@ fn mosquitto(tool: &str, port: u16, pki: &Pki, client_cert: Option<&str>, extra:
     c
 }
 
+/// A broker with a TLS listener on `tls_port` using the PKI's server certificate, plus `extra`.
+fn tls_broker(pki: &Pki, tls_port: u16, extra: &[&str]) -> BrokerOpts {
+    let (bind, cert, key) = (format!("127.0.0.1:{tls_port}"), pki.path("server.crt"), pki.path("server.key"));
+    let mut args = vec!["--tls-bind", &bind, "--tls-cert", &cert, "--tls-key", &key];
+    args.extend_from_slice(extra);
+    BrokerOpts::new().extra_args(&args)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_with_mosquitto_clients() {
     skip_on_mosquitto!("promptmq's TLS flags");
     let pki = make_pki("mtls");
     let tls_port = free_port();
-    let bind = format!("127.0.0.1:{tls_port}");
-    let broker = BrokerOpts::new()
-        .extra_args(&[
-            "--tls-bind",
-            &bind,
-            "--tls-cert",
-            &pki.path("server.crt"),
-            "--tls-key",
-            &pki.path("server.key"),
-            "--tls-ca",
-            &pki.path("ca.crt"),
-        ])
-        .start()
-        .await;
+    let broker = tls_broker(&pki, tls_port, &["--tls-ca", &pki.path("ca.crt")]).start().await;
     let sub = mosquitto("mosquitto_sub", tls_port, &pki, Some("client"), &["-t", "tls/t", "-C", "1", "-W", "15"])
         .stdout(Stdio::piped())
         .spawn()
@@ -149,20 +144,8 @@ async fn tls_minimum_version_is_enforced() {
     skip_on_mosquitto!("promptmq's TLS flags");
     let pki = make_pki("minver");
     let tls_port = free_port();
+    let _broker = tls_broker(&pki, tls_port, &["--tls-min-version", "1.3"]).start().await;
     let bind = format!("127.0.0.1:{tls_port}");
-    let _broker = BrokerOpts::new()
-        .extra_args(&[
-            "--tls-bind",
-            &bind,
-            "--tls-cert",
-            &pki.path("server.crt"),
-            "--tls-key",
-            &pki.path("server.key"),
-            "--tls-min-version",
-            "1.3",
-        ])
-        .start()
-        .await;
     // mosquitto_pub's --tls-version is a minimum too, so ask openssl for exactly one version.
     let try_version = |flag: &str| {
         Command::new("openssl")
@@ -341,26 +324,10 @@ async fn the_certificate_cn_is_the_user_name() {
     let acl = pki.path("acl");
     std::fs::write(&acl, "user client-one\ntopic readwrite id/#\n").expect("write acl");
     let tls_port = free_port();
-    let bind = format!("127.0.0.1:{tls_port}");
-    let broker = BrokerOpts::new()
-        .extra_args(&[
-            "--tls-bind",
-            &bind,
-            "--tls-cert",
-            &pki.path("server.crt"),
-            "--tls-key",
-            &pki.path("server.key"),
-            "--tls-ca",
-            &pki.path("ca.crt"),
-            "--use-identity-as-username",
-            "true",
-            "--allow-anonymous",
-            "false",
-            "--acl-file",
-            &acl,
-        ])
-        .start()
-        .await;
+    let ca = pki.path("ca.crt");
+    let extra =
+        ["--tls-ca", &ca, "--use-identity-as-username", "true", "--allow-anonymous", "false", "--acl-file", &acl];
+    let broker = tls_broker(&pki, tls_port, &extra).start().await;
     // Plain TCP, no user name: refused (anonymous is off).
     let anonymous = Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &broker.port().to_string(), "-t", "id/t", "-m", "x", "-q", "1"])
