@@ -154,8 +154,8 @@ pub enum StartError {
     Listen { addr: SocketAddr, source: io::Error },
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("TLS: {0}")]
-    Tls(#[from] promptmq_transport::TlsConfigError),
+    #[error(transparent)]
+    Transports(#[from] crate::listeners::TransportSetupError),
     #[error(transparent)]
     Access(#[from] AccessError),
     #[error("cannot start the core threads: {0}")]
@@ -201,7 +201,7 @@ impl Control {
         match self.shared.transports.reload() {
             Ok(true) => done.push("TLS certificate"),
             Ok(false) => {}
-            Err(e) => errors.push(format!("TLS: {e}")),
+            Err(e) => errors.push(e.to_string()),
         }
         if errors.is_empty() {
             Ok(done)
@@ -743,6 +743,7 @@ fn read_loop<'a>(
                             let mut layer = layer.borrow_mut();
                             let Layer { transport, app, identified } = &mut *layer;
                             let res = transport.receive(&mut buf, app);
+                            #[cfg(feature = "tls")]
                             if !app.is_empty() && driver.shared.config.use_identity_as_username && !*identified {
                                 // The handshake is done (MQTT bytes follow it): tell the core
                                 // who the certificate says this is, before the CONNECT.
@@ -751,6 +752,8 @@ fn read_loop<'a>(
                                     driver.core.borrow_mut().set_peer_identity(id, Bytes::from(name));
                                 }
                             }
+                            #[cfg(not(feature = "tls"))]
+                            let _ = identified;
                             if !app.is_empty() {
                                 driver.core.borrow_mut().on_bytes(id, app, Instant::now());
                             }

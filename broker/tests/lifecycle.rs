@@ -47,13 +47,14 @@ async fn a_stopping_broker_refuses_new_connections() {
     let (mut lingering, _) = Raw::connect5_ok(port, connect5("stop-linger", true)).await;
     broker.signal(libc::SIGTERM);
     assert_eq!(lingering.recv().await.disconnect_reason(), Some(0x8B));
-    // Every core has begun stopping by now (they are told at once).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Every core has begun stopping by now (they are told at once; the lingering client
+    // keeps the broker up for 2 s).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     // Not one connection gets through: each would otherwise be accepted, then dropped.
     for attempt in 0..4 {
         match std::net::TcpStream::connect(("127.0.0.1", port)) {
             Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "attempt {attempt}: {e}"),
-            Ok(_) => panic!("attempt {attempt}: a connection was accepted 200 ms into the stop"),
+            Ok(_) => panic!("attempt {attempt}: a connection was accepted 500 ms into the stop"),
         }
     }
     assert!(broker.is_running(), "the broker had already exited: the check proves nothing");

@@ -2,7 +2,7 @@
 //! `mosquitto_pub`/`mosquitto_sub` over TLS with certificates made by `openssl` here, and
 //! paho-mqtt (Python) over WebSocket. Also: SIGHUP loads a new certificate for new
 //! connections while established ones keep running.
-#![cfg(unix)] // signals (and, for TLS/WebSocket, openssl and paho-mqtt from the test machine)
+#![cfg(all(unix, feature = "tls", feature = "websocket"))] // openssl, mosquitto clients and paho-mqtt from the test machine
 
 mod common;
 

@@ -20,20 +20,42 @@
 //! configuration loaded from PEM files in `tls_config.rs`) and `ws.rs` (upgrade request in
 //! `http.rs`, framing in `ws_frame.rs`). `x509.rs` reads a client certificate's Common Name.
 
+//!
+//! Cargo features: `tls` (rustls and ring) and `ws` (httparse, and ring for the handshake's
+//! SHA-1), both on by default. What a feature leaves out does not exist: a build without
+//! `tls` has no [`Transport::tls`], and a build without either has no way to make a
+//! `Transport` at all (its type still exists, so callers need no feature checks of their own
+//! to hold an `Option` of one).
+
+// Without a layer the methods' arguments have nothing to go to (and no Transport exists).
+#![cfg_attr(not(any(feature = "tls", feature = "ws")), allow(unused_variables, clippy::ptr_arg))]
+
+#[cfg(feature = "ws")]
 mod http;
+#[cfg(feature = "tls")]
 mod tls;
+#[cfg(feature = "tls")]
 mod tls_config;
+#[cfg(feature = "ws")]
 mod ws;
+#[cfg(feature = "ws")]
 mod ws_frame;
+#[cfg(feature = "tls")]
 mod x509;
 
 use bytes::{Bytes, BytesMut};
 
+#[cfg(feature = "ws")]
 pub use http::{UpgradeError, SUBPROTOCOLS};
+#[cfg(feature = "tls")]
 pub use rustls;
+#[cfg(feature = "tls")]
 pub use tls_config::{ClientCertMode, MinTlsVersion, TlsConfig, TlsConfigError, TlsSettings, ALPN_MQTT};
+#[cfg(feature = "ws")]
 pub use ws::{WsSettings, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_REQUEST_SIZE};
+#[cfg(feature = "ws")]
 pub use ws_frame::WsError;
+#[cfg(feature = "tls")]
 pub use x509::subject_common_name;
 
 /// Why a connection's transport gave up. After any of these, the connection is over: call
@@ -42,12 +64,16 @@ pub use x509::subject_common_name;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TransportError {
+    #[cfg(feature = "tls")]
     #[error("TLS: {0}")]
     Tls(rustls::Error),
+    #[cfg(feature = "tls")]
     #[error("TLS: {0}")]
     TlsIo(std::io::Error),
+    #[cfg(feature = "ws")]
     #[error("WebSocket upgrade refused: {0}")]
     Upgrade(UpgradeError),
+    #[cfg(feature = "ws")]
     #[error("WebSocket: {0}")]
     WebSocket(WsError),
 }
@@ -61,6 +87,7 @@ pub enum TransportError {
 /// call blocks.
 ///
 /// ```
+/// # #[cfg(feature = "ws")] {
 /// use bytes::{Bytes, BytesMut};
 /// use promptmq_transport::{Transport, WsSettings};
 ///
@@ -82,6 +109,7 @@ pub enum TransportError {
 /// assert!(out[0].starts_with(b"HTTP/1.1 101 Switching Protocols"));
 /// assert_eq!(&out[1][..], &[0x82, 4]); // binary frame header, then the CONNACK chunk unchanged
 /// assert_eq!(&out[2][..], b"\x20\x02\x00\x00");
+/// # }
 /// # Ok::<(), promptmq_transport::TransportError>(())
 /// ```
 pub struct Transport {
@@ -90,8 +118,11 @@ pub struct Transport {
 
 enum Stack {
     // Boxed: a rustls connection is large.
+    #[cfg(feature = "tls")]
     Tls(Box<tls::TlsLayer>),
+    #[cfg(feature = "ws")]
     Ws(ws::WsLayer),
+    #[cfg(all(feature = "tls", feature = "ws"))]
     Wss {
         tls: Box<tls::TlsLayer>,
         ws: ws::WsLayer,
@@ -104,16 +135,19 @@ enum Stack {
 
 impl Transport {
     /// MQTT over TLS.
+    #[cfg(feature = "tls")]
     pub fn tls(config: &TlsConfig) -> Self {
         Transport { stack: Stack::Tls(Box::new(tls::TlsLayer::new(config))) }
     }
 
     /// MQTT over WebSocket.
+    #[cfg(feature = "ws")]
     pub fn ws(settings: &WsSettings) -> Self {
         Transport { stack: Stack::Ws(ws::WsLayer::new(settings)) }
     }
 
     /// MQTT over WebSocket over TLS.
+    #[cfg(all(feature = "tls", feature = "ws"))]
     pub fn wss(config: &TlsConfig, settings: &WsSettings) -> Self {
         Transport {
             stack: Stack::Wss {
@@ -133,8 +167,14 @@ impl Transport {
     /// to do after one.
     pub fn receive(&mut self, wire: &mut BytesMut, app: &mut BytesMut) -> Result<(), TransportError> {
         match &mut self.stack {
+            // No layer compiled in: no Transport can exist.
+            #[cfg(not(any(feature = "tls", feature = "ws")))]
+            stack => match *stack {},
+            #[cfg(feature = "tls")]
             Stack::Tls(tls) => tls.receive(wire, app),
+            #[cfg(feature = "ws")]
             Stack::Ws(ws) => ws.receive(wire, app),
+            #[cfg(all(feature = "tls", feature = "ws"))]
             Stack::Wss { tls, ws, plain, .. } => {
                 let decrypted = tls.receive(wire, plain);
                 // Plaintext decrypted before a TLS failure is still decoded: it was authentic.
@@ -153,16 +193,22 @@ impl Transport {
     /// into as few records as fit and appends one chunk.
     pub fn send(&mut self, app: &mut Vec<Bytes>, wire: &mut Vec<Bytes>) -> Result<(), TransportError> {
         match &mut self.stack {
+            // No layer compiled in: no Transport can exist.
+            #[cfg(not(any(feature = "tls", feature = "ws")))]
+            stack => match *stack {},
+            #[cfg(feature = "tls")]
             Stack::Tls(tls) => {
                 let written = tls.write(app);
                 app.clear();
                 written?;
                 tls.drain(wire)
             }
+            #[cfg(feature = "ws")]
             Stack::Ws(ws) => {
                 ws.send(app, wire);
                 Ok(())
             }
+            #[cfg(all(feature = "tls", feature = "ws"))]
             Stack::Wss { tls, ws, framed, .. } => {
                 ws.send(app, framed);
                 let written = tls.write(framed);
@@ -183,15 +229,21 @@ impl Transport {
     /// anything still pending. Application data sent afterwards is dropped.
     pub fn close(&mut self, wire: &mut Vec<Bytes>) -> Result<(), TransportError> {
         match &mut self.stack {
+            // No layer compiled in: no Transport can exist.
+            #[cfg(not(any(feature = "tls", feature = "ws")))]
+            stack => match *stack {},
+            #[cfg(feature = "tls")]
             Stack::Tls(tls) => {
                 tls.close();
                 tls.drain(wire)
             }
+            #[cfg(feature = "ws")]
             Stack::Ws(ws) => {
                 ws.close();
                 ws.send(&mut Vec::new(), wire);
                 Ok(())
             }
+            #[cfg(all(feature = "tls", feature = "ws"))]
             Stack::Wss { tls, ws, framed, .. } => {
                 ws.close();
                 ws.send(&mut Vec::new(), framed);
@@ -207,66 +259,105 @@ impl Transport {
     /// The layers have bytes of their own to send: the writer should call
     /// [`flush`](Self::flush) (or [`send`](Self::send)) even with no application data.
     pub fn wants_write(&self) -> bool {
-        self.tls_layer().is_some_and(|t| t.wants_write()) || self.ws_layer().is_some_and(|w| w.wants_write())
+        #[cfg(feature = "tls")]
+        if self.tls_layer().is_some_and(|t| t.wants_write()) {
+            return true;
+        }
+        #[cfg(feature = "ws")]
+        if self.ws_layer().is_some_and(|w| w.wants_write()) {
+            return true;
+        }
+        false
     }
 
     /// The peer ended the stream (WebSocket close frame, TLS close_notify) or a layer failed:
     /// no more application data will come. Flush, then close the connection.
     pub fn is_closed(&self) -> bool {
-        self.tls_layer().is_some_and(|t| t.is_ended()) || self.ws_layer().is_some_and(|w| w.is_ended())
+        #[cfg(feature = "tls")]
+        if self.tls_layer().is_some_and(|t| t.is_ended()) {
+            return true;
+        }
+        #[cfg(feature = "ws")]
+        if self.ws_layer().is_some_and(|w| w.is_ended()) {
+            return true;
+        }
+        false
     }
 
     /// Handshakes are still in progress: no application data has flowed yet.
     pub fn is_handshaking(&self) -> bool {
-        self.tls_layer().is_some_and(|t| t.is_handshaking()) || self.ws_layer().is_some_and(|w| !w.is_open())
+        #[cfg(feature = "tls")]
+        if self.tls_layer().is_some_and(|t| t.is_handshaking()) {
+            return true;
+        }
+        #[cfg(feature = "ws")]
+        if self.ws_layer().is_some_and(|w| !w.is_open()) {
+            return true;
+        }
+        false
     }
 
     /// The client's certificate chain (its own first), once verified by the TLS handshake.
+    #[cfg(feature = "tls")]
     pub fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
         self.tls_layer()?.peer_certificates()
     }
 
     /// The subject Common Name of the client's certificate, if it presented one with a CN.
     /// For mosquitto's `use_identity_as_username`.
+    #[cfg(feature = "tls")]
     pub fn peer_common_name(&self) -> Option<String> {
         subject_common_name(self.peer_certificates()?.first()?)
     }
 
     /// The server name (SNI) the TLS client asked for.
+    #[cfg(feature = "tls")]
     pub fn server_name(&self) -> Option<&str> {
         self.tls_layer()?.connection()?.server_name()
     }
 
     /// The ALPN protocol selected (`mqtt`), if the client offered it.
+    #[cfg(feature = "tls")]
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
         self.tls_layer()?.connection()?.alpn_protocol()
     }
 
     /// The negotiated TLS version.
+    #[cfg(feature = "tls")]
     pub fn tls_version(&self) -> Option<rustls::ProtocolVersion> {
         self.tls_layer()?.connection()?.protocol_version()
     }
 
     /// The WebSocket subprotocol selected, as the client spelled it (`mqtt`, `mqttv3.1`).
+    #[cfg(feature = "ws")]
     pub fn ws_subprotocol(&self) -> Option<&str> {
         self.ws_layer()?.subprotocol()
     }
 
     /// The path of the accepted WebSocket upgrade request, without its query.
+    #[cfg(feature = "ws")]
     pub fn ws_path(&self) -> Option<&str> {
         self.ws_layer()?.request_path()
     }
 
+    #[cfg(feature = "tls")]
     fn tls_layer(&self) -> Option<&tls::TlsLayer> {
         match &self.stack {
-            Stack::Tls(tls) | Stack::Wss { tls, .. } => Some(tls),
+            Stack::Tls(tls) => Some(tls),
+            #[cfg(feature = "ws")]
+            Stack::Wss { tls, .. } => Some(tls),
+            #[cfg(feature = "ws")]
             Stack::Ws(_) => None,
         }
     }
 
+    #[cfg(feature = "ws")]
     fn ws_layer(&self) -> Option<&ws::WsLayer> {
         match &self.stack {
-            Stack::Ws(ws) | Stack::Wss { ws, .. } => Some(ws),
+            Stack::Ws(ws) => Some(ws),
+            #[cfg(feature = "tls")]
+            Stack::Wss { ws, .. } => Some(ws),
+            #[cfg(feature = "tls")]
             Stack::Tls(_) => None,
         }
     }

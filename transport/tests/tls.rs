@@ -1,3 +1,4 @@
+#![cfg(all(feature = "tls", feature = "ws"))] // tests/common builds certificates with rustls
 #![allow(clippy::unwrap_used)]
 
 mod common;

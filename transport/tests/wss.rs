@@ -1,3 +1,4 @@
+#![cfg(all(feature = "tls", feature = "ws"))]
 #![allow(clippy::unwrap_used)]
 
 mod common;
