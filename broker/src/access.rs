@@ -129,6 +129,9 @@ pub struct LoginCheck {
     pub conn: crate::session::ConnId,
     pub username: bytes::Bytes,
     pub password: Option<bytes::Bytes>,
+    /// When the connection's CONNECT timeout ends: a check still queued then is not made
+    /// (its connection is closed by now), so a burst of logins leaves no work behind it.
+    pub deadline: std::time::Instant,
 }
 
 impl LoginCheck {
@@ -138,10 +141,14 @@ impl LoginCheck {
 }
 
 /// Threads that check passwords for the cores. Each verdict goes back to the core that
-/// asked, through `deliver` (which queues it and wakes the core).
+/// asked, through `deliver` (which queues it and wakes the core). At most [`LOGIN_QUEUE`]
+/// checks wait; more are refused at once (the client is told the server is unavailable).
 pub struct LoginThreads {
-    jobs: std::sync::mpsc::Sender<(usize, LoginCheck)>,
+    jobs: std::sync::mpsc::SyncSender<(usize, LoginCheck)>,
 }
+
+/// Password checks that may wait for a login thread.
+pub const LOGIN_QUEUE: usize = 1024;
 
 impl LoginThreads {
     /// Starts `threads` threads (at least one).
@@ -149,7 +156,7 @@ impl LoginThreads {
     where
         D: Fn(usize, crate::session::ConnId, Result<Login, u8>) + Send + Sync + 'static,
     {
-        let (tx, rx) = std::sync::mpsc::channel::<(usize, LoginCheck)>();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, LoginCheck)>(LOGIN_QUEUE);
         let rx = Arc::new(std::sync::Mutex::new(rx));
         let deliver = Arc::new(deliver);
         for i in 0..threads.max(1) {
@@ -158,16 +165,21 @@ impl LoginThreads {
                 // One job at a time per thread; the lock is held only while taking it.
                 let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
                 let Ok((core, check)) = job else { return };
-                let verdict = check.run(&access);
+                let verdict = if std::time::Instant::now() < check.deadline {
+                    check.run(&access)
+                } else {
+                    Err(reason::SERVER_UNAVAILABLE)
+                };
                 deliver(core, check.conn, verdict);
             })?;
         }
         Ok(LoginThreads { jobs: tx })
     }
 
-    /// Queues a check for `core`; false when the threads are gone.
+    /// Queues a check for `core`; false when [`LOGIN_QUEUE`] checks already wait (or the
+    /// threads are gone).
     pub fn submit(&self, core: usize, check: LoginCheck) -> bool {
-        self.jobs.send((core, check)).is_ok()
+        self.jobs.try_send((core, check)).is_ok()
     }
 }
 

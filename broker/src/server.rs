@@ -414,6 +414,17 @@ fn health(shared: &Shared) -> Result<(), String> {
     Ok(())
 }
 
+/// An accept failed for lack of descriptors or memory (not because of one connection).
+#[cfg(unix)]
+fn out_of_resources(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+#[cfg(not(unix))]
+fn out_of_resources(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::OutOfMemory
+}
+
 /// A failed accept keeps the health check failing for this long (see [`health`]).
 const HEALTH_ACCEPT_MS: u64 = 1_000;
 /// A core that has not ticked for this long is reported unhealthy.
@@ -612,8 +623,12 @@ async fn accept_loop(driver: Rc<Driver>, listener: rt::Listener, kind: ListenerK
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(core = driver.id, error = %e, "accept failed");
-                let now_ms = (shared.started.elapsed().as_millis() as u64).max(1);
-                shared.accept_failed_ms[driver.id].store(now_ms, Ordering::Release);
+                // Only running out of something fails the health check: an error of one
+                // connection (ECONNABORTED, a firewall's EPERM) says nothing about the next.
+                if out_of_resources(&e) {
+                    let now_ms = (shared.started.elapsed().as_millis() as u64).max(1);
+                    shared.accept_failed_ms[driver.id].store(now_ms, Ordering::Release);
+                }
                 rt::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -727,6 +742,24 @@ fn read_loop<'a>(
             let before = driver.core.borrow().publishes_received();
             match res {
                 Ok(0) | Err(_) => {
+                    // A client may send CONNECT, more packets and close at once: what it sent
+                    // behind a CONNECT whose password is being checked is handled once the
+                    // verdict is in, as it would have been with the check done here.
+                    while driver.core.borrow().awaiting_login(id) && !io.closing.get() {
+                        rt::sleep(crate::core::LOGIN_POLL).await;
+                    }
+                    if res.is_ok() && !io.closing.get() {
+                        match &io.transport {
+                            None if !buf.is_empty() => driver.core.borrow_mut().on_bytes(id, &mut buf, Instant::now()),
+                            Some(layer) => {
+                                let app = &mut layer.borrow_mut().app;
+                                if !app.is_empty() {
+                                    driver.core.borrow_mut().on_bytes(id, app, Instant::now());
+                                }
+                            }
+                            None => {}
+                        }
+                    }
                     driver.core.borrow_mut().on_closed(id, Instant::now());
                     driver.dispatch();
                     break;
@@ -1106,8 +1139,8 @@ impl Driver {
                         let conn = check.conn;
                         let submitted = self.shared.login_threads.as_ref().is_some_and(|t| t.submit(self.id, check));
                         if !submitted {
-                            // No threads (they could not start, or there is no password
-                            // file any more): refuse rather than leave the client waiting.
+                            // Too many checks waiting (or no threads): refuse rather than
+                            // leave the client waiting.
                             self.shared.verdicts[self.id].push((conn, Err(crate::codec::reason::SERVER_UNAVAILABLE)));
                             self.shared.wakeups[self.id].ring();
                         }

@@ -366,6 +366,7 @@ async fn slow_password_checks_do_not_stall_the_core() {
         .start()
         .await;
     let port = broker.port();
+    pipelined_login_then_close(port).await;
     // Anonymous: connects without a hash.
     let (mut idle, ack) = Raw::connect5(port, login5("bystander", None)).await;
     assert_eq!(ack.code as u8, 0);
@@ -397,4 +398,37 @@ async fn slow_password_checks_do_not_stall_the_core() {
         "a PINGREQ waited {worst:?} while passwords were checked (one check takes {one_login:?}): the core was blocked"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A client that sends CONNECT (with a password that takes a while to check), a PUBLISH and
+/// DISCONNECT in one write and closes at once: the PUBLISH is still delivered, once the login
+/// is accepted, as it would be with the password checked on the spot.
+async fn pipelined_login_then_close(port: u16) {
+    let (mut sub, _) = Raw::connect5_ok(port, connect5("pipe-sub", true)).await;
+    sub.sub5(1, "pipe/t", QoS::AtMostOnce).await;
+    let mut burst = bytes::BytesMut::new();
+    login5("pipe-pub", Some(("slow", "pw"))).write(&mut burst).expect("encode CONNECT");
+    publish5("pipe/t", QoS::AtMostOnce, 0, false, b"behind the login").write(&mut burst).expect("encode PUBLISH");
+    v5::Disconnect::new().write(&mut burst).expect("encode DISCONNECT");
+    let mut publ = Raw::open(port, "pipe-pub").await;
+    publ.send_bytes(&burst).await.expect("send");
+    drop(publ);
+    match sub.recv().await.v5() {
+        v5::Packet::Publish(p) => assert_eq!(p.payload, &b"behind the login"[..]),
+        other => panic!("expected the pipelined PUBLISH, got {other:?}"),
+    }
+    // CONNECT with a will, then the connection is gone before the login is checked: the login
+    // is still completed, so the connection was established and then lost, and the will goes
+    // out [MQTT-3.1.2-8].
+    let mut c = login5("pipe-will", Some(("slow", "pw")));
+    c.last_will = Some(v5::LastWill::new("pipe/t", b"gone".to_vec(), QoS::AtMostOnce, false));
+    let mut burst = bytes::BytesMut::new();
+    c.write(&mut burst).expect("encode CONNECT");
+    let mut willing = Raw::open(port, "pipe-will").await;
+    willing.send_bytes(&burst).await.expect("send");
+    drop(willing);
+    match sub.recv().await.v5() {
+        v5::Packet::Publish(p) => assert_eq!(p.payload, &b"gone"[..]),
+        other => panic!("expected the will, got {other:?}"),
+    }
 }

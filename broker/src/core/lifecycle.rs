@@ -90,6 +90,7 @@ impl Core {
                     conn: id,
                     username: owned(username),
                     password: c.password.as_ref().map(owned),
+                    deadline: conn.accepted_at + crate::session::CONNECT_TIMEOUT,
                 };
                 conn.phase = Phase::AwaitingLogin { connect: Box::new(c), pending: Vec::new() };
                 self.actions.push(Action::CheckLogin(check));
@@ -103,11 +104,17 @@ impl Core {
     /// The verdict on a password checked off the core: the CONNECT it belongs to goes on.
     pub fn on_login(&mut self, id: ConnId, verdict: Result<access::Login, u8>, now: Instant) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
+        if !matches!(conn.phase, Phase::AwaitingLogin { .. }) {
+            return;
+        }
         let placeholder = Phase::AwaitingConnect { peer_identity: None };
         let Phase::AwaitingLogin { connect, pending } = std::mem::replace(&mut conn.phase, placeholder) else {
             return;
         };
         self.accept_connect(id, *connect, Some(verdict), pending, now);
+        // What the CONNECT sent to this core itself (a takeover of a session it holds, a
+        // subscription, a log record) is handled now, not at the next tick.
+        self.run_local(now);
     }
 
     /// The rest of a CONNECT once its credentials are checked (`login` is `None` without

@@ -175,6 +175,8 @@ enum Timer {
 const RETAINED_SWEEP: Duration = Duration::from_secs(30);
 /// How often persistent sessions' delivery progress is logged.
 const CHECKPOINT: Duration = Duration::from_secs(1);
+/// How often a connection waiting for its login verdict looks again (see `read_pause`).
+pub const LOGIN_POLL: Duration = Duration::from_millis(2);
 /// How long a core forwards deliveries for a session that moved to another core (they were
 /// routed before the shards learned the new route).
 const TOMBSTONE: Duration = Duration::from_secs(10);
@@ -448,14 +450,24 @@ impl Core {
         }
     }
 
-    /// How long to stop reading from a connection over its publish rate (see
-    /// `mqtt.max-publish-rate`): until its token debt is paid back.
+    /// How long to stop reading from a connection: over its publish rate (see
+    /// `mqtt.max-publish-rate`), until its token debt is paid back; while its password is
+    /// being checked, [`LOGIN_POLL`] at a time (what it sends meanwhile waits unread).
     pub fn read_pause(&mut self, id: ConnId, now: Instant) -> Option<Duration> {
+        let conn = self.conns.get_mut(&id)?;
+        if matches!(conn.phase, Phase::AwaitingLogin { .. }) {
+            return Some(LOGIN_POLL);
+        }
         let rate = self.config.max_publish_rate;
         if rate == 0 {
             return None;
         }
-        self.conns.get_mut(&id)?.rate_refill(rate, now)
+        conn.rate_refill(rate, now)
+    }
+
+    /// Whether the connection's password is still being checked (see [`Core::on_login`]).
+    pub fn awaiting_login(&self, id: ConnId) -> bool {
+        self.conns.get(&id).is_some_and(|c| matches!(c.phase, Phase::AwaitingLogin { .. }))
     }
 
     /// A connection was accepted on this core.
@@ -480,6 +492,11 @@ impl Core {
             };
             if rate > 0 && conn.rate_refill(rate, now).is_some() {
                 // Over its publish rate: the rest waits in the buffer (see `read_pause`).
+                break;
+            }
+            if matches!(conn.phase, Phase::AwaitingLogin { .. }) {
+                // Nothing more is decoded (or held) for a client whose password is still being
+                // checked: the rest waits in the buffer, and reading waits (see `read_pause`).
                 break;
             }
             conn.last_seen = now;
