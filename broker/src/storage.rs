@@ -161,7 +161,9 @@ pub fn recover(config: &Config, clock: &WallClock, now: Instant) -> Result<Recov
             let gone_ms = if rec.disconnected_ms == 0 { now_ms } else { rec.disconnected_ms };
             let expired = rec.expiry_interval != u32::MAX
                 && gone_ms.saturating_add(u64::from(rec.expiry_interval) * 1000) <= now_ms;
-            (!expired).then(|| (session_from(rec, clock, now), clock.instant(gone_ms, now)))
+            // One that ended while the broker was down still owes its will: restored, it is
+            // ended at once by its core (will published, end logged).
+            (!expired || rec.will.is_some()).then(|| (session_from(rec, clock, now), clock.instant(gone_ms, now)))
         })
         .collect();
 

@@ -498,3 +498,30 @@ async fn wills_of_persistent_sessions_survive_kill_9() {
     assert_eq!(retained_payload(port, "wills/polite", Duration::from_millis(500)).await, None, "a discarded will");
     assert_eq!(retained_payload(port, "wills/once", Duration::from_millis(500)).await, None, "a will published twice");
 }
+
+/// A session that expires while the broker is down still owes its will: session expiry 1 s,
+/// will delay 60 s, the connection dropped, the broker killed and started again 2 s later.
+/// The session ended during the downtime, and a will is published when its session ends
+/// (MQTT 5, 3.1.2.5): it goes out at the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_whose_session_expired_while_the_broker_was_down_is_published() {
+    skip_on_mosquitto!("crash test of promptmq's WAL");
+    let mut broker = BrokerOpts::new().start().await;
+    let port = broker.port();
+    let mut c = persistent_with_will("will-expired", "wills/expired", b"expired", 60);
+    if let Some(p) = c.properties.as_mut() {
+        p.session_expiry_interval = Some(1);
+    }
+    let (dropped, ack) = Raw::connect5(port, c).await;
+    assert_eq!(ack.code as u8, 0);
+    drop(dropped);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    broker.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    broker.crash_and_restart().await;
+    assert_eq!(
+        retained_payload(port, "wills/expired", Duration::from_secs(5)).await.as_deref(),
+        Some(&b"expired"[..]),
+        "the will of a session that ended during the downtime"
+    );
+}

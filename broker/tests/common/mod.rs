@@ -255,6 +255,12 @@ impl Broker {
         Ok(broker)
     }
 
+    /// `kill -9`s the broker (start it again with [`crash_and_restart`](Self::crash_and_restart)).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
     /// `kill -9`s the broker and starts it again with the same arguments (same port, same
     /// data directory), waiting until it accepts connections.
     pub async fn crash_and_restart(&mut self) {
