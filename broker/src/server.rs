@@ -749,16 +749,7 @@ fn read_loop<'a>(
                         rt::sleep(crate::core::LOGIN_POLL).await;
                     }
                     if res.is_ok() && !io.closing.get() {
-                        match &io.transport {
-                            None if !buf.is_empty() => driver.core.borrow_mut().on_bytes(id, &mut buf, Instant::now()),
-                            Some(layer) => {
-                                let app = &mut layer.borrow_mut().app;
-                                if !app.is_empty() {
-                                    driver.core.borrow_mut().on_bytes(id, app, Instant::now());
-                                }
-                            }
-                            None => {}
-                        }
+                        feed_held(driver, id, io, &mut buf);
                     }
                     driver.core.borrow_mut().on_closed(id, Instant::now());
                     driver.dispatch();
@@ -822,19 +813,8 @@ fn read_loop<'a>(
                 let pause = driver.core.borrow_mut().read_pause(id, Instant::now());
                 let Some(pause) = pause else { break };
                 rt::sleep(pause).await;
-                if io.closing.get() {
+                if io.closing.get() || !feed_held(driver, id, io, &mut buf) {
                     break;
-                }
-                match &io.transport {
-                    None if buf.is_empty() => break,
-                    None => driver.core.borrow_mut().on_bytes(id, &mut buf, Instant::now()),
-                    Some(layer) => {
-                        let app = &mut layer.borrow_mut().app;
-                        if app.is_empty() {
-                            break;
-                        }
-                        driver.core.borrow_mut().on_bytes(id, app, Instant::now());
-                    }
                 }
                 driver.dispatch();
             }
@@ -863,6 +843,22 @@ fn read_loop<'a>(
         }
         io.reader_done.set(true);
     }
+}
+
+/// Hands the core what was read and is still held (a partial packet, or what waits out a
+/// publish-rate pause or a login check): the read buffer, or a transport's decoded bytes.
+/// False when nothing is held.
+fn feed_held(driver: &Driver, id: ConnId, io: &ConnIo, buf: &mut BytesMut) -> bool {
+    let mut layer = io.transport.as_ref().map(|l| l.borrow_mut());
+    let held = match &mut layer {
+        Some(layer) => &mut layer.app,
+        None => buf,
+    };
+    if held.is_empty() {
+        return false;
+    }
+    driver.core.borrow_mut().on_bytes(id, held, Instant::now());
+    true
 }
 
 #[allow(clippy::manual_async_fn)] // deliberately not an `async fn`, see `run_connection`
