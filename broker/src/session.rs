@@ -231,10 +231,10 @@ pub enum Phase {
         peer_identity: Option<Bytes>,
     },
     /// CONNECT read; its password is being checked off the core (see
-    /// [`crate::access::LoginCheck`]). Packets the client pipelined behind it wait.
+    /// [`crate::access::LoginCheck`]). What the client sent behind it is not decoded yet: it
+    /// waits in the read buffer (`Core::on_bytes`, `Core::read_pause`).
     AwaitingLogin {
         connect: Box<crate::codec::Connect>,
-        pending: Vec<Packet>,
     },
     /// CONNECT accepted; waiting for the session to arrive from another owner (takeover).
     /// Packets the client pipelined behind CONNECT wait in `pending`.

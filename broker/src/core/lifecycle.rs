@@ -80,7 +80,7 @@ impl Core {
                 c.username = Some(name);
                 c.password = None;
                 let login = self.access.as_ref().map(|_| Ok(access::Login::Verified));
-                return self.accept_connect(id, c, login, Vec::new(), now);
+                return self.accept_connect(id, c, login, now);
             }
         }
         if let Some(checks) = &self.access {
@@ -92,26 +92,26 @@ impl Core {
                     password: c.password.as_ref().map(owned),
                     deadline: conn.accepted_at + crate::session::CONNECT_TIMEOUT,
                 };
-                conn.phase = Phase::AwaitingLogin { connect: Box::new(c), pending: Vec::new() };
+                conn.phase = Phase::AwaitingLogin { connect: Box::new(c) };
                 self.actions.push(Action::CheckLogin(check));
                 return;
             }
         }
         let login = self.access.as_ref().map(|checks| checks.login(c.username.as_deref(), c.password.as_deref()));
-        self.accept_connect(id, c, login, Vec::new(), now);
+        self.accept_connect(id, c, login, now);
     }
 
     /// The verdict on a password checked off the core: the CONNECT it belongs to goes on.
     pub fn on_login(&mut self, id: ConnId, verdict: Result<access::Login, u8>, now: Instant) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
-        if !matches!(conn.phase, Phase::AwaitingLogin { .. }) {
-            return;
-        }
-        let placeholder = Phase::AwaitingConnect { peer_identity: None };
-        let Phase::AwaitingLogin { connect, pending } = std::mem::replace(&mut conn.phase, placeholder) else {
-            return;
+        let connect = match std::mem::replace(&mut conn.phase, Phase::AwaitingConnect { peer_identity: None }) {
+            Phase::AwaitingLogin { connect } => connect,
+            other => {
+                conn.phase = other;
+                return;
+            }
         };
-        self.accept_connect(id, *connect, Some(verdict), pending, now);
+        self.accept_connect(id, *connect, Some(verdict), now);
         // What the CONNECT sent to this core itself (a takeover of a session it holds, a
         // subscription, a log record) is handled now, not at the next tick.
         self.run_local(now);
@@ -119,15 +119,7 @@ impl Core {
 
     /// The rest of a CONNECT once its credentials are checked (`login` is `None` without
     /// access control): the ACL, keep-alive, will and session, then the session claim.
-    /// `pending` are packets the client sent behind the CONNECT meanwhile.
-    fn accept_connect(
-        &mut self,
-        id: ConnId,
-        c: Connect,
-        login: Option<Result<access::Login, u8>>,
-        pending: Vec<Packet>,
-        now: Instant,
-    ) {
+    fn accept_connect(&mut self, id: ConnId, c: Connect, login: Option<Result<access::Login, u8>>, now: Instant) {
         let max_keep_alive = self.config.max_keep_alive;
         let v5 = c.protocol.is_v5();
         let Some(conn) = self.conns.get_mut(&id) else { return };
@@ -194,12 +186,11 @@ impl Core {
                 self.timers.push(Reverse((deadline, Timer::KeepAlive(id))));
             }
         }
-        // `establish` takes the pipelined packets from here, now or when the session arrives.
-        conn.phase = Phase::AwaitingSession { pending };
         let claim = self.registry.claim(&client_id, self.id);
         match claim.previous_core {
             None => self.establish(id, claim.token, None, now),
             Some(old_core) => {
+                conn.phase = Phase::AwaitingSession { pending: Vec::new() };
                 let clean_start = c.clean_start;
                 let takeover =
                     CoreMsg::Takeover { client_id, new_core: self.id, new_claim: claim.token, clean_start, conn: id };

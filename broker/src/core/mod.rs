@@ -638,7 +638,9 @@ impl Core {
                 // The decoder accepts only CONNECT before CONNECT; this is defence in depth.
                 _ => self.close(id, CloseWith { reason: None, will: false }, now),
             },
-            Phase::AwaitingLogin { pending, .. } | Phase::AwaitingSession { pending } => {
+            // `on_bytes` decodes nothing for a connection waiting for its login verdict.
+            Phase::AwaitingLogin { .. } => self.close(id, CloseWith { reason: None, will: false }, now),
+            Phase::AwaitingSession { pending } => {
                 // A client may pipeline packets behind CONNECT; a few are normal, hundreds
                 // before the CONNACK are abuse (each may be a full-size packet).
                 if pending.len() >= 128 {
