@@ -237,6 +237,10 @@ pub struct Core {
     actions: Vec<Action>,
     /// [`Action::Overloaded`] was emitted since the last [`Core::overload_level`].
     overload_signalled: bool,
+    /// A delivery was left waiting in a connected session's queue since the last
+    /// [`Core::overload_level`]; without one there is no backlog to measure, and the walk
+    /// over every session is skipped (an idle core with many sessions does no work per tick).
+    queued_since_check: bool,
     writes: Vec<(ConnId, Bytes)>,
     scratch: BytesMut,
     fanout: FanoutCache,
@@ -319,6 +323,7 @@ impl Core {
             local_inbox: VecDeque::new(),
             actions: Vec::new(),
             overload_signalled: false,
+            queued_since_check: false,
             writes: Vec::new(),
             scratch: BytesMut::with_capacity(4096),
             fanout: FanoutCache::default(),
@@ -397,6 +402,10 @@ impl Core {
     /// together (so that overload is declared before they start dropping), and at most
     /// [`OVERLOAD_BACKLOG`] messages. Walks every session.
     pub fn overload_level(&mut self) -> f64 {
+        self.overload_signalled = false;
+        if !std::mem::take(&mut self.queued_since_check) {
+            return 0.0;
+        }
         let (mut messages, mut bytes, mut sessions) = (0usize, 0usize, 0usize);
         for s in self.sessions.values_mut() {
             if s.conn.is_some() && std::mem::take(&mut s.acked_since_check) {
@@ -406,11 +415,9 @@ impl Core {
             }
         }
         if sessions == 0 {
-            self.overload_signalled = false;
             return 0.0;
         }
         let limit = (sessions.saturating_mul(self.limits.max_queued) / 2).clamp(1, OVERLOAD_BACKLOG);
-        self.overload_signalled = false;
         let mut level = messages as f64 / limit as f64;
         if self.limits.max_queued_bytes > 0 {
             let limit = (sessions.saturating_mul(self.limits.max_queued_bytes) / 2).max(1);

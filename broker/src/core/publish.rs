@@ -314,12 +314,15 @@ impl Core {
         let conn = session.conn.and_then(|id| self.conns.get_mut(&id)).map(|c| &mut **c);
         let mut w = Writer { out: &mut self.writes, scratch: &mut self.scratch, cache: &mut self.fanout };
         session::offer(session, conn, out, self.limits, now, &mut w, &mut self.stats);
+        if session.queue.is_empty() || session.conn.is_none() {
+            return;
+        }
+        self.queued_since_check = true;
         // At full speed a queue of the default 1,000 fills in milliseconds, long before the
         // next tick measures the backlog: a queue a quarter full is overload at once (what the
         // publishers have in flight still arrives after that, and must fit).
         if !self.overload_signalled
             && session.acked_since_check
-            && session.conn.is_some()
             && (session.queue.len() > self.limits.max_queued / 4
                 || (self.limits.max_queued_bytes > 0 && session.queued_bytes > self.limits.max_queued_bytes / 4))
         {
