@@ -131,6 +131,11 @@ struct Shared {
 }
 
 impl Shared {
+    /// Milliseconds since the broker started (the clock of the health check's marks).
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     fn ring(&self, from: usize, to: usize) -> &ArrayQueue<CoreMsg> {
         &self.rings[from * self.cores + to]
     }
@@ -393,7 +398,7 @@ fn health(shared: &Shared) -> Result<(), String> {
     if shared.stopping.load(Ordering::Acquire) {
         return Err("stopping".into());
     }
-    let now_ms = shared.started.elapsed().as_millis() as u64;
+    let now_ms = shared.now_ms();
     for (core, beat) in shared.heartbeats.iter().enumerate() {
         let last = beat.load(Ordering::Acquire);
         if now_ms.saturating_sub(last) > HEALTH_STALL_MS && now_ms > HEALTH_STALL_MS {
@@ -626,8 +631,7 @@ async fn accept_loop(driver: Rc<Driver>, listener: rt::Listener, kind: ListenerK
                 // Only running out of something fails the health check: an error of one
                 // connection (ECONNABORTED, a firewall's EPERM) says nothing about the next.
                 if out_of_resources(&e) {
-                    let now_ms = (shared.started.elapsed().as_millis() as u64).max(1);
-                    shared.accept_failed_ms[driver.id].store(now_ms, Ordering::Release);
+                    shared.accept_failed_ms[driver.id].store(shared.now_ms().max(1), Ordering::Release);
                 }
                 rt::sleep(Duration::from_millis(50)).await;
             }
@@ -1039,7 +1043,7 @@ impl Driver {
             m.set_gauges(&core.gauges());
         }
         shared.wal_failing[self.id].store(core.journal_failing(), Ordering::Release);
-        shared.heartbeats[self.id].store(shared.started.elapsed().as_millis() as u64, Ordering::Release);
+        shared.heartbeats[self.id].store(shared.now_ms(), Ordering::Release);
     }
 
     /// The `$SYS/broker/...` topics, with mosquitto's names, summed over every core.
