@@ -6,19 +6,21 @@
 //! ```text
 //! body    := version=1 u8 | kind u8 | kind-specific fields
 //! message := kind=1
-//!            flags          u8   bits 0-1 QoS, bit 2 RETAIN
+//!            flags          u8   bits 0-1 QoS, bit 2 RETAIN, bit 3 inbound exchange
 //!            topic          u16 length + bytes
 //!            publisher      u16 length + bytes (client id, for No Local)
 //!            expiry_ms      u64  absolute Unix time in ms when it expires, 0 = never
 //!            properties
 //!            payload        u32 length + bytes
+//!            [exchange]     with flags bit 3: the publisher's persistent session was in a
+//!                           QoS 2 exchange for it: incarnation u64 | packet id u16
 //! properties := present u8   bit 0 payload format, 1 content type, 2 response topic,
 //!                            3 correlation data, 4 message expiry interval (wills; a
 //!                            message stores its absolute expiry instead), 5 will delay
 //!            [payload format u8] [content type u16+bytes] [response topic u16+bytes]
 //!            [correlation data u16+bytes] [message expiry u32] [will delay u32]
 //!            user properties u16 count, then (u16+bytes, u16+bytes) each
-//! session := kind=2    (a snapshot of a persistent session; the newest one wins)
+//! session := kind=2 or kind=4   (a snapshot of a persistent session; the newest one wins)
 //!            client id      u16 length + bytes
 //!            protocol       u8   4 or 5
 //!            expiry         u32  Session Expiry Interval, seconds
@@ -29,12 +31,22 @@
 //!                since: u16 count of (shard u16, seq u64)
 //!            watermarks     u16 count of (shard u16, seq u64): nothing up to seq of that
 //!                           shard's log is owed to the session any more
+//!            [incarnation]  kind=4 only: u64, set when the session was created (a clean
+//!                           start makes a new one); kind=2 (older) records mean 0
 //!            [will]         absent in records written before wills were logged:
 //!                flags u8 (bits 0-1 QoS, 2 RETAIN) | topic u16+bytes |
 //!                due u64 (Unix ms when a delayed will is due, 0 = not running) |
 //!                properties (as a message's, see below) | payload u32+bytes
 //! end     := kind=3    client id u16+bytes: the session ended
+//! release := kind=5    client id u16+bytes | incarnation u64 | packet id u16: the client
+//!                      released (PUBREL) the QoS 2 exchange logged with that message
 //! ```
+//!
+//! Inbound QoS 2: a persistent session's exchange is logged with its message (in the
+//! topic's shard) and its release in the same log, so one log orders both; the packet id is
+//! reused only after PUBCOMP, which in `immediate` mode waits for the release to be durable.
+//! Recovery keeps, per shard, the exchanges not released, for the incarnation the session's
+//! newest snapshot names (those of an ended session are ignored).
 //!
 //! All integers are little-endian. Decoding checks every length against the body, so a
 //! body that passed the WAL's CRC but is not ours (or a future version) is an error, never
@@ -52,6 +64,15 @@ const VERSION: u8 = 1;
 const KIND_MESSAGE: u8 = 1;
 const KIND_SESSION: u8 = 2;
 const KIND_SESSION_END: u8 = 3;
+const KIND_SESSION_WITH_INCARNATION: u8 = 4;
+const KIND_RELEASE: u8 = 5;
+
+/// A persistent session's inbound QoS 2 exchange, as logged (see the format above).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exchange {
+    pub incarnation: u64,
+    pub pkid: u16,
+}
 
 /// A persistent session as logged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +84,8 @@ pub struct SessionRecord {
     pub disconnected_ms: u64,
     pub subscriptions: Vec<(Bytes, StoredSubscription)>,
     pub watermarks: Vec<(usize, u64)>,
+    /// See [`crate::session::Session::incarnation`]; 0 in records written before it existed.
+    pub incarnation: u64,
     /// The will of the session's current or last connection, not yet published or
     /// discarded, and the Unix ms when its delay runs out (0: the connection was live).
     pub will: Option<(Box<Will>, u64)>,
@@ -71,9 +94,12 @@ pub struct SessionRecord {
 /// Any record the broker writes.
 #[derive(Debug)]
 pub enum Record {
-    Message(Box<Message>),
+    /// A routed message, and the publisher's QoS 2 exchange when one was logged with it.
+    Message(Box<Message>, Option<Exchange>),
     Session(SessionRecord),
     SessionEnd(Bytes),
+    /// The client (first) released this exchange.
+    Released(Bytes, Exchange),
 }
 
 fn put_marks(out: &mut Vec<u8>, marks: &[(usize, u64)]) {
@@ -87,7 +113,7 @@ fn put_marks(out: &mut Vec<u8>, marks: &[(usize, u64)]) {
 pub fn encode_session(r: &SessionRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
     out.push(VERSION);
-    out.push(KIND_SESSION);
+    out.push(KIND_SESSION_WITH_INCARNATION);
     put_short(&mut out, &r.client_id);
     out.push(r.version.level());
     out.put_u32_le(r.expiry_interval);
@@ -103,6 +129,7 @@ pub fn encode_session(r: &SessionRecord) -> Vec<u8> {
         put_marks(&mut out, &sub.since);
     }
     put_marks(&mut out, &r.watermarks);
+    out.put_u64_le(r.incarnation);
     if let Some((w, due_ms)) = &r.will {
         out.push(w.qos as u8 | u8::from(w.retain) << 2);
         put_short(&mut out, &w.topic);
@@ -144,12 +171,12 @@ fn put_properties(out: &mut Vec<u8>, p: &Properties, intervals: bool) {
 /// For a session record (snapshot or end), its client id and whether it is a snapshot.
 pub fn record_client_id(body: &[u8]) -> Option<(Bytes, bool)> {
     let kind = *body.get(1)?;
-    if kind != KIND_SESSION && kind != KIND_SESSION_END {
+    if !matches!(kind, KIND_SESSION | KIND_SESSION_WITH_INCARNATION | KIND_SESSION_END) {
         return None;
     }
     let len = usize::from(u16::from_le_bytes([*body.get(2)?, *body.get(3)?]));
     let id = body.get(4..4 + len)?;
-    Some((Bytes::copy_from_slice(id), kind == KIND_SESSION))
+    Some((Bytes::copy_from_slice(id), kind != KIND_SESSION_END))
 }
 
 pub fn encode_session_end(client_id: &[u8]) -> Vec<u8> {
@@ -157,6 +184,17 @@ pub fn encode_session_end(client_id: &[u8]) -> Vec<u8> {
     out.push(VERSION);
     out.push(KIND_SESSION_END);
     put_short(&mut out, client_id);
+    out
+}
+
+/// The client released (PUBREL) an inbound QoS 2 exchange of its persistent session.
+pub fn encode_release(client_id: &[u8], exchange: Exchange) -> Vec<u8> {
+    let mut out = Vec::with_capacity(14 + client_id.len());
+    out.push(VERSION);
+    out.push(KIND_RELEASE);
+    put_short(&mut out, client_id);
+    out.put_u64_le(exchange.incarnation);
+    out.put_u16_le(exchange.pkid);
     out
 }
 
@@ -203,13 +241,14 @@ fn put_short(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(&b[..usize::from(len)]);
 }
 
-/// Encodes a routed message for the WAL.
-pub fn encode_message(msg: &Message, clock: &WallClock) -> Vec<u8> {
+/// Encodes a routed message for the WAL, with the publisher's QoS 2 exchange when its
+/// session is persistent.
+pub fn encode_message(msg: &Message, clock: &WallClock, exchange: Option<Exchange>) -> Vec<u8> {
     let p = &msg.properties;
     let mut out = Vec::with_capacity(64 + msg.topic.len() + msg.payload.len());
     out.push(VERSION);
     out.push(KIND_MESSAGE);
-    out.push(msg.qos as u8 | u8::from(msg.retain) << 2);
+    out.push(msg.qos as u8 | u8::from(msg.retain) << 2 | u8::from(exchange.is_some()) << 3);
     put_short(&mut out, &msg.topic);
     put_short(&mut out, &msg.publisher);
     out.put_u64_le(msg.expires_at.map_or(0, |t| clock.unix_ms(t).max(1)));
@@ -217,6 +256,10 @@ pub fn encode_message(msg: &Message, clock: &WallClock) -> Vec<u8> {
     put_properties(&mut out, p, false);
     out.put_u32_le(msg.payload.len() as u32);
     out.extend_from_slice(&msg.payload);
+    if let Some(x) = exchange {
+        out.put_u64_le(x.incarnation);
+        out.put_u16_le(x.pkid);
+    }
     out
 }
 
@@ -303,8 +346,20 @@ impl Reader<'_> {
 /// Decodes any record body. `body` should own its bytes (a copy of the WAL record).
 pub fn decode_record(body: &Bytes, clock: &WallClock, now: Instant) -> Result<Record, RecordError> {
     match body.get(1) {
-        Some(&KIND_MESSAGE) => decode_message(body, clock, now).map(|m| Record::Message(Box::new(m))),
-        Some(&KIND_SESSION) | Some(&KIND_SESSION_END) => {
+        Some(&KIND_MESSAGE) => decode_message(body, clock, now).map(|(m, x)| Record::Message(Box::new(m), x)),
+        Some(&KIND_RELEASE) => {
+            let mut r = Reader { body, at: 0 };
+            let version = r.u8()?;
+            if version != VERSION {
+                return Err(RecordError::Version(version));
+            }
+            r.u8()?;
+            let client_id = r.short()?;
+            let exchange = Exchange { incarnation: r.u64()?, pkid: r.u16()? };
+            r.done()?;
+            Ok(Record::Released(client_id, exchange))
+        }
+        Some(&KIND_SESSION) | Some(&KIND_SESSION_WITH_INCARNATION) | Some(&KIND_SESSION_END) => {
             let mut r = Reader { body, at: 0 };
             let version = r.u8()?;
             if version != VERSION {
@@ -340,6 +395,7 @@ pub fn decode_record(body: &Bytes, clock: &WallClock, now: Instant) -> Result<Re
                 subscriptions.push((filter, stored));
             }
             let watermarks = r.marks()?;
+            let incarnation = if kind == KIND_SESSION_WITH_INCARNATION { r.u64()? } else { 0 };
             let will = if r.at == body.len() {
                 None
             } else {
@@ -360,6 +416,7 @@ pub fn decode_record(body: &Bytes, clock: &WallClock, now: Instant) -> Result<Re
                 disconnected_ms,
                 subscriptions,
                 watermarks,
+                incarnation,
                 will,
             }))
         }
@@ -370,7 +427,11 @@ pub fn decode_record(body: &Bytes, clock: &WallClock, now: Instant) -> Result<Re
 
 /// Decodes a body written by [`encode_message`]. `body` should own its bytes (a copy of
 /// the WAL record), since the message's fields are slices of it.
-pub fn decode_message(body: &Bytes, clock: &WallClock, now: Instant) -> Result<Message, RecordError> {
+pub fn decode_message(
+    body: &Bytes,
+    clock: &WallClock,
+    now: Instant,
+) -> Result<(Message, Option<Exchange>), RecordError> {
     let mut r = Reader { body, at: 0 };
     let version = r.u8()?;
     if version != VERSION {
@@ -389,11 +450,10 @@ pub fn decode_message(body: &Bytes, clock: &WallClock, now: Instant) -> Result<M
     let properties = r.properties()?;
     let len = r.u32()? as usize;
     let payload = r.take(len)?;
-    if r.at != body.len() {
-        return Err(RecordError::Invalid("trailing bytes"));
-    }
+    let exchange = if flags & 0b1000 != 0 { Some(Exchange { incarnation: r.u64()?, pkid: r.u16()? }) } else { None };
+    r.done()?;
     let expires_at = (expiry_ms != 0).then(|| clock.instant(expiry_ms, now));
-    Ok(Message { topic, payload, qos, retain, properties, publisher, expires_at })
+    Ok((Message { topic, payload, qos, retain, properties, publisher, expires_at }, exchange))
 }
 
 #[cfg(test)]
@@ -424,12 +484,37 @@ mod tests {
             publisher: Bytes::from_static(b"client"),
             expires_at: Some(now + Duration::from_secs(30)),
         };
-        let body = Bytes::from(encode_message(&msg, &c));
-        let back = decode_message(&body, &c, now).expect("decodes");
-        assert_eq!((back.topic, back.payload, back.qos, back.retain), (msg.topic, msg.payload, msg.qos, msg.retain));
-        assert_eq!(back.properties, msg.properties);
-        assert_eq!(back.publisher, msg.publisher);
-        assert_eq!(back.expires_at, msg.expires_at);
+        let exchange = Exchange { incarnation: 0xfeed_beef_0001, pkid: 7 };
+        for x in [None, Some(exchange)] {
+            let body = Bytes::from(encode_message(&msg, &c, x));
+            let (back, back_x) = decode_message(&body, &c, now).expect("decodes");
+            assert_eq!(
+                (back.topic, back.payload, back.qos, back.retain),
+                (msg.topic.clone(), msg.payload.clone(), msg.qos, msg.retain)
+            );
+            assert_eq!(back.properties, msg.properties);
+            assert_eq!(back.publisher, msg.publisher);
+            assert_eq!(back.expires_at, msg.expires_at);
+            assert_eq!(back_x, x);
+            for cut in 0..body.len() {
+                assert!(decode_message(&body.slice(..cut), &c, now).is_err(), "cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn release_records_round_trip() {
+        let now = Instant::now();
+        let c = clock(now);
+        let x = Exchange { incarnation: u64::MAX - 3, pkid: 65535 };
+        let body = Bytes::from(encode_release(b"pub-1", x));
+        match decode_record(&body, &c, now) {
+            Ok(Record::Released(id, back)) => assert_eq!((id, back), (Bytes::from_static(b"pub-1"), x)),
+            other => panic!("{other:?}"),
+        }
+        for cut in 0..body.len() {
+            assert!(decode_record(&body.slice(..cut), &c, now).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]
@@ -445,16 +530,16 @@ mod tests {
             publisher: Bytes::new(),
             expires_at: Some(now + Duration::from_secs(10)),
         };
-        let body = Bytes::from(encode_message(&msg, &before));
+        let body = Bytes::from(encode_message(&msg, &before, None));
         // "Restarted" 4 s of wall time later, with a new monotonic anchor.
         let later = now + Duration::from_secs(100);
         let after = WallClock { anchor: later, anchor_unix_ms: before.anchor_unix_ms + 4_000 };
-        msg = decode_message(&body, &after, later).expect("decodes");
+        msg = decode_message(&body, &after, later).expect("decodes").0;
         assert_eq!(msg.remaining_expiry(later), Some(6));
     }
 
     #[test]
-    fn session_records_keep_the_will_and_records_from_before_wills_still_load() {
+    fn session_records_keep_the_will_and_records_from_before_wills_and_incarnations_still_load() {
         let now = Instant::now();
         let c = clock(now);
         let will = Will {
@@ -477,18 +562,26 @@ mod tests {
             disconnected_ms: 1_700_000_000_123,
             subscriptions: Vec::new(),
             watermarks: vec![(0, 15)],
+            incarnation: 42,
             will: Some((Box::new(will.clone()), 1_700_000_030_123)),
         };
         let body = encode_session(&rec);
         match decode_record(&Bytes::from(body.clone()), &c, now) {
-            Ok(Record::Session(back)) => assert_eq!(back.will, rec.will),
+            Ok(Record::Session(back)) => assert_eq!((back.will, back.incarnation), (rec.will.clone(), 42)),
             other => panic!("{other:?}"),
         }
         // A record written before wills were logged ends after the watermarks.
         rec.will = None;
         let old = encode_session(&rec);
         match decode_record(&Bytes::from(old.clone()), &c, now) {
-            Ok(Record::Session(back)) => assert_eq!(back.will, None),
+            Ok(Record::Session(back)) => assert_eq!((back.will, back.incarnation), (None, 42)),
+            other => panic!("{other:?}"),
+        }
+        // One written before incarnations (kind 2): no incarnation after the watermarks.
+        let mut older = old[..old.len() - 8].to_vec();
+        older[1] = KIND_SESSION;
+        match decode_record(&Bytes::from(older), &c, now) {
+            Ok(Record::Session(back)) => assert_eq!((back.watermarks, back.incarnation), (rec.watermarks.clone(), 0)),
             other => panic!("{other:?}"),
         }
         // Cut anywhere inside the will: an error, not a half will.
@@ -520,6 +613,7 @@ mod tests {
                 },
             )],
             watermarks: vec![(0, 15), (1, 25)],
+            incarnation: 1,
             will: None,
         };
         match decode_record(&Bytes::from(encode_session(&rec)), &c, now) {
@@ -558,7 +652,7 @@ mod tests {
             publisher: Bytes::new(),
             expires_at: None,
         };
-        let body = encode_message(&msg, &c);
+        let body = encode_message(&msg, &c, None);
         for cut in 0..body.len() {
             assert!(decode_message(&Bytes::copy_from_slice(&body[..cut]), &c, now).is_err());
         }

@@ -8,7 +8,7 @@
 //! expired messages dropped [MQTT-3.3.2-5], unacknowledged ones resent with DUP on
 //! resume [MQTT-4.4.0-1].
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,17 @@ pub struct Inflight {
     pub out: Outgoing,
     /// QoS 2 after PUBREC: waiting for PUBCOMP, resend PUBREL not PUBLISH.
     pub released: bool,
+}
+
+/// Where an inbound QoS 2 exchange of a persistent session is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoggedExchange {
+    /// The shard whose log holds the message (and will hold the release).
+    pub shard: usize,
+    /// The message's sequence number in that log; 0 until the shard reports it.
+    pub seq: u64,
+    /// A release was sent to the shard on this connection and is not durable yet.
+    pub releasing: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,9 +98,15 @@ pub struct Session {
     pub queue: VecDeque<Outgoing>,
     /// Topic and payload bytes of the messages in `queue`.
     pub queued_bytes: usize,
-    /// Inbound QoS 2 packet ids between PUBREC and PUBREL: a resent PUBLISH with one of
-    /// these ids is not delivered again (exactly once, [MQTT-4.3.3-9]).
-    pub incoming_qos2: HashSet<u16>,
+    /// Inbound QoS 2 packet ids between PUBLISH and PUBREL: a resent PUBLISH with one of
+    /// these ids is not delivered again (exactly once, [MQTT-4.3.3-9]). The value says
+    /// where the exchange is logged (see `persist.rs`); `None` when it is not (a session
+    /// that is not persistent, or no log).
+    pub incoming_qos2: HashMap<u16, Option<LoggedExchange>, BrokerKeys>,
+    /// Set when the session is created (a clean start creates a new one), kept across
+    /// takeovers and restarts: logged inbound QoS 2 exchanges carry it, so that those of an
+    /// earlier session with the same client id never come back.
+    pub incarnation: u64,
     /// The will of the current or last connection, until published or discarded. Boxed:
     /// a `Will` is 472 bytes, and most sessions have none.
     pub will: Option<Box<Will>>,
@@ -112,6 +129,14 @@ pub struct Session {
     pub acl: Option<Arc<ClientAcl>>,
 }
 
+/// A number no earlier session of any client id had, with overwhelming probability: the
+/// wall clock hashed with the process's random keys (never 0, which means "none" in logs).
+fn new_incarnation() -> u64 {
+    use std::hash::BuildHasher;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    std::collections::hash_map::RandomState::new().hash_one(nanos).max(1)
+}
+
 impl Session {
     pub fn new(client_id: Bytes, epoch: u64, version: ProtocolVersion) -> Session {
         Session {
@@ -129,7 +154,8 @@ impl Session {
             next_pkid: 1,
             queue: VecDeque::new(),
             queued_bytes: 0,
-            incoming_qos2: HashSet::new(),
+            incoming_qos2: HashMap::default(),
+            incarnation: new_incarnation(),
             will: None,
             will_due: None,
             timer_at: None,

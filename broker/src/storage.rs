@@ -7,6 +7,9 @@
 //! owed: those after its progress watermark for that shard and after the start of a
 //! matching subscription. QoS 1/2 messages are acknowledged only once durable in
 //! `immediate` mode, so what a publisher was told is taken is there to be re-queued.
+//! Each restored session also gets back its inbound QoS 2 exchanges that were not released
+//! (logged with their messages, see `persist.rs`), so a publisher's resent PUBLISH is not
+//! delivered twice.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -23,7 +26,7 @@ use crate::config::{Config, WalSyncMode};
 use crate::core::Journal;
 use crate::message::SharedMessage;
 use crate::persist::{self, Record, SessionRecord, WallClock};
-use crate::session::{Limits, Outgoing, Session};
+use crate::session::{Limits, LoggedExchange, Outgoing, Session};
 use crate::stats::Stats;
 use crate::topic;
 
@@ -114,6 +117,10 @@ pub fn recover(config: &Config, clock: &WallClock, now: Instant) -> Result<Recov
     // one topic even when the core count changed between runs.
     let mut latest: HashMap<Bytes, (RecordKey, Option<SharedMessage>)> = HashMap::new();
     let mut sessions: HashMap<Bytes, (RecordKey, Option<SessionRecord>)> = HashMap::new();
+    // Inbound QoS 2 exchanges not released, per (client id, session incarnation):
+    // (shard, packet id) -> the message's sequence number. A release is in the same log as
+    // its exchange, later, so each log's order settles them (see `persist.rs`).
+    let mut exchanges: HashMap<(Bytes, u64), HashMap<(usize, u16), u64>> = HashMap::new();
     let mut undecodable = 0;
     let mut opened: Vec<(usize, Log)> = Vec::new();
     let mut reports = Vec::new();
@@ -125,13 +132,23 @@ pub fn recover(config: &Config, clock: &WallClock, now: Instant) -> Result<Recov
             let key = (r.timestamp_ms, shard, r.seq);
             let body = Bytes::copy_from_slice(r.body);
             match persist::decode_record(&body, clock, now) {
-                Ok(Record::Message(msg)) if msg.retain => {
-                    let entry = latest.entry(msg.topic.clone()).or_insert((key, None));
-                    if key >= entry.0 {
-                        *entry = (key, (!msg.payload.is_empty()).then(|| Arc::new(*msg)));
+                Ok(Record::Message(msg, exchange)) => {
+                    if let Some(x) = exchange {
+                        let open = exchanges.entry((msg.publisher.clone(), x.incarnation)).or_default();
+                        open.insert((shard, x.pkid), r.seq);
+                    }
+                    if msg.retain {
+                        let entry = latest.entry(msg.topic.clone()).or_insert((key, None));
+                        if key >= entry.0 {
+                            *entry = (key, (!msg.payload.is_empty()).then(|| Arc::new(*msg)));
+                        }
                     }
                 }
-                Ok(Record::Message(_)) => {}
+                Ok(Record::Released(client_id, x)) => {
+                    if let Some(open) = exchanges.get_mut(&(client_id, x.incarnation)) {
+                        open.remove(&(shard, x.pkid));
+                    }
+                }
                 Ok(Record::Session(rec)) => {
                     let entry = sessions.entry(rec.client_id.clone()).or_insert((key, None));
                     if key >= entry.0 {
@@ -166,6 +183,13 @@ pub fn recover(config: &Config, clock: &WallClock, now: Instant) -> Result<Recov
             (!expired || rec.will.is_some()).then(|| (session_from(rec, clock, now), clock.instant(gone_ms, now)))
         })
         .collect();
+    for (s, _) in restored.iter_mut() {
+        // Exchanges of an earlier session with this client id have another incarnation.
+        let open = exchanges.remove(&(s.client_id.clone(), s.incarnation)).unwrap_or_default();
+        for ((shard, pkid), seq) in open {
+            s.incoming_qos2.insert(pkid, Some(LoggedExchange { shard, seq, releasing: false }));
+        }
+    }
 
     let mut requeued = 0;
     if !restored.is_empty() {
@@ -195,7 +219,7 @@ pub fn recover(config: &Config, clock: &WallClock, now: Instant) -> Result<Recov
             let start = restored.iter().map(|(s, _)| s.seen.get(shard).copied().unwrap_or(0)).min().unwrap_or(0);
             log.read_from(start + 1, |r| {
                 let body = Bytes::copy_from_slice(r.body);
-                let Ok(Record::Message(msg)) = persist::decode_record(&body, clock, now) else { return };
+                let Ok(Record::Message(msg, _)) = persist::decode_record(&body, clock, now) else { return };
                 if msg.qos == QoS::AtMostOnce || msg.is_expired(now) {
                     return;
                 }
@@ -229,6 +253,10 @@ fn session_from(rec: SessionRecord, clock: &WallClock, now: Instant) -> Session 
     s.expiry_interval = rec.expiry_interval;
     s.subscriptions = rec.subscriptions.into_iter().collect();
     s.seen = rec.watermarks.into_iter().collect();
+    if rec.incarnation != 0 {
+        // (A record from before incarnations keeps the new one: no exchange names it.)
+        s.incarnation = rec.incarnation;
+    }
     if let Some((will, due_ms)) = rec.will {
         // A delayed will keeps its time. A connection that was live when the broker stopped
         // ended without DISCONNECT: its will is due after its delay, from now (MQTT 5

@@ -86,12 +86,12 @@ pub fn wal_stats(data_dir: &Path, top: usize, out: &mut impl Write) -> Result<()
                 oldest = Some(oldest.map_or(r.timestamp_ms, |o| o.min(r.timestamp_ms)));
                 newest = Some(newest.map_or(r.timestamp_ms, |n| n.max(r.timestamp_ms)));
                 match persist::decode_record(&Bytes::copy_from_slice(r.body), &clock, now) {
-                    Ok(Record::Message(m)) => {
+                    Ok(Record::Message(m, _)) => {
                         let t = topics.entry(m.topic.clone()).or_default();
                         t.records += 1;
                         t.bytes += m.payload.len() as u64;
                     }
-                    Ok(Record::Session(_)) | Ok(Record::SessionEnd(_)) => sessions += 1,
+                    Ok(Record::Session(_) | Record::SessionEnd(_) | Record::Released(..)) => sessions += 1,
                     Err(_) => {}
                 }
             },
@@ -131,7 +131,7 @@ pub fn wal_dump(data_dir: &Path, topic: &str, limit: usize, out: &mut impl Write
             &dir,
             |_, _| {},
             |r| {
-                let Ok(Record::Message(m)) = persist::decode_record(&Bytes::copy_from_slice(r.body), &clock, now)
+                let Ok(Record::Message(m, _)) = persist::decode_record(&Bytes::copy_from_slice(r.body), &clock, now)
                 else {
                     return;
                 };

@@ -525,3 +525,65 @@ async fn a_will_whose_session_expired_while_the_broker_was_down_is_published() {
         "the will of a session that ended during the downtime"
     );
 }
+
+/// The reason code of a v5 PUBREC/PUBCOMP frame (0x00 when omitted), after checking its id.
+fn ack_reason(f: &Frame, pkid: u16) -> u8 {
+    assert_eq!(&f.body()[..2], &pkid.to_be_bytes(), "packet id of {f:?}");
+    f.body().get(2).copied().unwrap_or(0)
+}
+
+// Exactly once across a crash [MQTT-4.3.3-9]: an inbound QoS 2 exchange of a persistent
+// session that got its PUBREC before `kill -9` is still known after the restart. The
+// publisher's resent PUBLISH (DUP) is answered and not delivered again, its PUBREL gets
+// PUBCOMP 0x00 (not 0x92 "not found"), and an id whose exchange completed before the crash
+// is free for a new message after it [MQTT-4.3.3-13].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_qos2_exchange_survives_kill_9_and_its_message_is_delivered_once() {
+    skip_on_mosquitto!("crash test of promptmq's WAL");
+    let mut broker =
+        BrokerOpts::new().cores(2).log_level("info").extra_args(&["--wal-sync-mode", "immediate"]).start().await;
+    let port = broker.port();
+    let mut sub = Client5::connect(port, "q2x-sub", false, Some(3600)).await;
+    sub.subscribe("q2x/#", QoS5::ExactlyOnce).await;
+    sub.disconnect().await;
+
+    let (mut p5, _) = Raw::connect5_ok(port, connect5_session("q2x-pub5", true, 3600)).await;
+    p5.publish5(&publish5("q2x/v5", QoS::ExactlyOnce, 7, false, b"once5")).await;
+    assert_eq!(ack_reason(&p5.expect(PUBREC).await, 7), 0x00);
+    assert_eq!(p5.publish5_complete(&publish5("q2x/v5b", QoS::ExactlyOnce, 8, false, b"before")).await, 0x00);
+    let (mut p4, _) = Raw::connect4_ok(port, "q2x-pub4", false).await;
+    p4.publish4("q2x/v4", QoS::ExactlyOnce, 9, false, b"once4").await;
+    p4.expect(PUBREC).await;
+    drop((p5, p4));
+    broker.crash_and_restart().await;
+
+    let (mut p5, ack) = Raw::connect5_ok(port, connect5_session("q2x-pub5", false, 3600)).await;
+    assert!(ack.session_present, "the publisher's session survived\n{}", broker.log_text());
+    let mut dup = publish5("q2x/v5", QoS::ExactlyOnce, 7, false, b"once5");
+    dup.dup = true;
+    p5.publish5(&dup).await;
+    assert_eq!(ack_reason(&p5.expect(PUBREC).await, 7), 0x00);
+    let rel = v5::PubRel::new(7);
+    p5.send(|b| rel.write(b)).await;
+    assert_eq!(ack_reason(&p5.expect(PUBCOMP).await, 7), 0x00, "the exchange was still known");
+    assert_eq!(p5.publish5_complete(&publish5("q2x/v5b", QoS::ExactlyOnce, 8, false, b"after")).await, 0x00);
+
+    let (mut p4, ack) = Raw::connect4_ok(port, "q2x-pub4", false).await;
+    assert!(ack.session_present);
+    let mut dup = v4::Publish::new("q2x/v4", QoS::ExactlyOnce, b"once4".to_vec());
+    dup.pkid = 9;
+    dup.dup = true;
+    p4.send(|b| dup.write(b)).await;
+    assert_eq!(p4.expect(PUBREC).await.body(), &9u16.to_be_bytes());
+    let rel = v4::PubRel::new(9);
+    p4.send(|b| rel.write(b)).await;
+    assert_eq!(p4.expect(PUBCOMP).await.body(), &9u16.to_be_bytes());
+
+    let mut sub = Client5::connect(port, "q2x-sub", false, Some(3600)).await;
+    let mut got = Vec::new();
+    while let Some(p) = sub.try_recv(Duration::from_secs(2)).await {
+        got.push(String::from_utf8_lossy(&p.payload).to_string());
+    }
+    got.sort();
+    assert_eq!(got, ["after", "before", "once4", "once5"], "each message exactly once");
+}

@@ -133,7 +133,7 @@ impl Core {
                 break;
             };
             self.pending_acks.pop_front();
-            self.send(a.core, CoreMsg::PublishDone { conn: a.conn, pkid: a.pkid, qos: a.qos, reason: code });
+            self.send(a.core, CoreMsg::PublishDone { ack: a, reason: code, seq });
         }
         // Backlogged records are not failed here: they have no sequence number yet and
         // are retried when the log recovers; their acknowledgements wait until then.
@@ -172,6 +172,7 @@ impl Core {
                 disconnected_ms: if s.conn.is_some() { 0 } else { self.clock.unix_ms(now).max(1) },
                 subscriptions: s.subscriptions.iter().map(|(f, st)| (f.clone(), st.clone())).collect(),
                 watermarks: s.watermarks(),
+                incarnation: s.incarnation,
                 will: s.will.as_deref().map(|w| {
                     let due_ms = s.will_due.map_or(0, |t| self.clock.unix_ms(t).max(1));
                     (Box::new(w.clone()), due_ms)
@@ -218,14 +219,16 @@ impl Core {
 
     /// Publishes, per shard, the lowest log sequence number the persistent sessions of this
     /// core still need: the oldest message each holds (queued or unacknowledged) from that
-    /// shard. Messages never routed to a session are not needed by it, whatever its
+    /// shard, and the oldest inbound QoS 2 exchange not released. Messages never routed to a session are not needed by it, whatever its
     /// subscriptions; messages routed from now on are at the head of the log.
     pub(super) fn publish_pins(&mut self) {
         let Some(pins) = self.pins.clone() else { return };
         let mut needed = vec![u64::MAX; self.cores];
         for s in self.sessions.values().filter(|s| s.is_persistent()) {
-            let held = s.inflight.values().map(|f| &f.out).chain(s.queue.iter());
-            for (shard, seq) in held.filter_map(|o| o.origin) {
+            let held = s.inflight.values().map(|f| &f.out).chain(s.queue.iter()).filter_map(|o| o.origin);
+            // An inbound QoS 2 exchange not yet released must come back after a crash.
+            let exchanges = s.incoming_qos2.values().flatten().filter(|x| x.seq > 0).map(|x| (x.shard, x.seq));
+            for (shard, seq) in held.chain(exchanges) {
                 if let Some(n) = needed.get_mut(shard) {
                     *n = (*n).min(seq);
                 }
@@ -287,7 +290,7 @@ impl Core {
             match found.into_iter().find(|m| m.topic == topic) {
                 Some(msg) if !msg.is_expired(now) => {
                     self.retained_seq.insert(topic, self.next_log_seq);
-                    let body = persist::encode_message(&msg, &self.clock);
+                    let body = persist::encode_message(&msg, &self.clock, None);
                     self.append_record(now_ms, body, None);
                 }
                 _ => {

@@ -237,6 +237,11 @@ impl Core {
         session.acl = conn.acl.clone();
         // Any heap entry for the session (possibly on another core's heap) is now stale.
         session.timer_at = None;
+        // A release logged for the old connection answers that connection only: a PUBREL
+        // resent on this one logs it again.
+        for x in session.incoming_qos2.values_mut().flatten() {
+            x.releasing = false;
+        }
 
         let mut props = Properties::default();
         if conn.version.is_v5() {

@@ -34,7 +34,9 @@ use crate::message::{detach_properties, owned, Message, SharedMessage};
 use crate::persist::{self, WallClock};
 use crate::registry::Registry;
 use crate::router::{RetainedStore, SessionRef, Subscriber, SubscriptionIndex, Target};
-use crate::session::{self, Conn, ConnId, FanoutCache, Limits, Outgoing, Phase, Session, StoredSubscription, Writer};
+use crate::session::{
+    self, Conn, ConnId, FanoutCache, Limits, LoggedExchange, Outgoing, Phase, Session, StoredSubscription, Writer,
+};
 use crate::stats::Stats;
 use crate::topic;
 
@@ -61,15 +63,21 @@ pub struct RequestRef {
     pub id: u64,
 }
 
-/// Where a shard sends the acknowledgement of an inbound QoS 1/2 publish. The shard
-/// replies once it has taken the message (and, with the WAL, once it is durable), so the
-/// PUBACK/PUBREC is an action the shard may delay.
+/// Where a shard sends the acknowledgement of an inbound QoS 1/2 publish (or of a logged
+/// QoS 2 release). The shard replies once it has taken the message (and, with the WAL in
+/// `immediate` mode, once it is durable), so the PUBACK/PUBREC/PUBCOMP is an action the
+/// shard may delay.
 #[derive(Debug, Clone, Copy)]
 pub struct PublishAck {
     pub core: usize,
     pub conn: ConnId,
     pub pkid: u16,
     pub qos: QoS,
+    /// A persistent session's QoS 2 exchange, logged with the message so that it survives
+    /// a restart (see `persist.rs`).
+    pub exchange: Option<persist::Exchange>,
+    /// Answers a PUBREL (with PUBCOMP) whose release was logged, not a PUBLISH.
+    pub release: bool,
 }
 
 /// Messages between cores.
@@ -80,13 +88,19 @@ pub enum CoreMsg {
         msg: SharedMessage,
         ack: Option<PublishAck>,
     },
-    /// From the shard: the publish was taken.
+    /// From the shard: the publish (or release) was taken.
     /// `reason`: success, no matching subscribers, or a failure (the log could not keep it).
+    /// `seq`: its record's sequence number in the shard's log, 0 when not logged.
     PublishDone {
-        conn: ConnId,
-        pkid: u16,
-        qos: QoS,
+        ack: PublishAck,
         reason: u8,
+        seq: u64,
+    },
+    /// To the shard that logged a QoS 2 exchange: log its end (a `persist::encode_release`
+    /// body) in the same log, then answer `ack` if there is one.
+    Release {
+        body: Vec<u8>,
+        ack: Option<PublishAck>,
     },
     /// From a shard to a session host: deliver `msg` to these sessions.
     Deliver {
@@ -727,7 +741,8 @@ impl Core {
     fn handle_message(&mut self, msg: CoreMsg, now: Instant) {
         match msg {
             CoreMsg::Publish { msg, ack } => self.shard_publish(msg, ack, now),
-            CoreMsg::PublishDone { conn, pkid, qos, reason } => self.on_publish_done(conn, pkid, qos, reason, now),
+            CoreMsg::PublishDone { ack, reason, seq } => self.on_publish_done(ack, reason, seq, now),
+            CoreMsg::Release { body, ack } => self.shard_release(body, ack, now),
             CoreMsg::Deliver { msg, origin, targets } => {
                 for t in targets {
                     self.deliver(t, &msg, origin, now);

@@ -60,11 +60,13 @@ impl Core {
         let Some(session) = self.sessions.get_mut(&client_id) else { return };
         let qos = p.qos;
         let pkid = p.pkid;
+        let shard = shard_of(&topic, self.cores);
+        let mut exchange = None;
         if qos != QoS::AtMostOnce {
             // Receive Maximum: unacknowledged QoS 1 plus unreleased QoS 2 [MQTT-3.3.4-7].
             // 3.1.1 has no Receive Maximum; the same bound keeps its state finite.
             let in_use = conn.unacked_qos1 + session.incoming_qos2.len();
-            let duplicate_qos2 = qos == QoS::ExactlyOnce && session.incoming_qos2.contains(&pkid);
+            let duplicate_qos2 = qos == QoS::ExactlyOnce && session.incoming_qos2.contains_key(&pkid);
             if in_use >= max_inflight && !duplicate_qos2 {
                 return self.close(id, CloseWith { reason: Some(reason::RECEIVE_MAXIMUM_EXCEEDED), will: true }, now);
             }
@@ -74,7 +76,12 @@ impl Core {
                 return self.write_packet(id, &ack);
             }
             if qos == QoS::ExactlyOnce {
-                session.incoming_qos2.insert(pkid);
+                // A persistent session's exchange is logged with the message: after a crash a
+                // resent PUBLISH is still known, and not delivered twice.
+                let logged = self.config.wal_enabled && session.is_persistent();
+                exchange = logged.then_some(persist::Exchange { incarnation: session.incarnation, pkid });
+                let at = LoggedExchange { shard, seq: 0, releasing: false };
+                session.incoming_qos2.insert(pkid, logged.then_some(at));
             } else {
                 conn.unacked_qos1 += 1;
             }
@@ -87,8 +94,14 @@ impl Core {
             msg = msg.detached();
         }
         let msg = Arc::new(msg);
-        let ack = (qos != QoS::AtMostOnce).then_some(PublishAck { core: self.id, conn: id, pkid, qos });
-        let shard = shard_of(&msg.topic, self.cores);
+        let ack = (qos != QoS::AtMostOnce).then_some(PublishAck {
+            core: self.id,
+            conn: id,
+            pkid,
+            qos,
+            exchange,
+            release: false,
+        });
         self.send(shard, CoreMsg::Publish { msg, ack });
     }
 
@@ -120,7 +133,7 @@ impl Core {
                     // The exchange goes on to PUBREL/PUBCOMP.
                     let client_id = conn.client_id.clone();
                     if let Some(s) = self.sessions.get_mut(&client_id) {
-                        s.incoming_qos2.insert(pkid);
+                        s.incoming_qos2.insert(pkid, None);
                     }
                 }
                 self.write_packet(id, &Packet::PubRec(Ack::new(pkid, code)));
@@ -128,21 +141,34 @@ impl Core {
         }
     }
 
-    pub(super) fn on_publish_done(&mut self, id: ConnId, pkid: u16, qos: QoS, code: u8, now: Instant) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+    pub(super) fn on_publish_done(&mut self, a: PublishAck, code: u8, seq: u64, now: Instant) {
+        if a.release {
+            return self.on_release_done(a, code, now);
+        }
+        let (id, pkid, qos) = (a.conn, a.pkid, a.qos);
+        let Some(conn) = self.conns.get(&id) else { return };
+        let client_id = conn.client_id.clone();
+        let v5 = conn.version.is_v5();
+        let session = self.sessions.get_mut(&client_id);
         if code >= 0x80 {
             // The message could not be made durable: the publisher must not be told it was
             // taken. The exchange ends, so a retry with this packet id is a new message.
-            if qos == QoS::ExactlyOnce {
-                if let Some(s) = self.sessions.get_mut(&conn.client_id) {
-                    s.incoming_qos2.remove(&pkid);
-                }
+            let ended = session.filter(|_| qos == QoS::ExactlyOnce).and_then(|s| s.incoming_qos2.remove(&pkid));
+            if let (Some(Some(at)), Some(x)) = (ended, a.exchange) {
+                // Its record may still reach the log later (a disk that fills up and
+                // recovers): log the end too, so that a restart does not revive it.
+                let body = persist::encode_release(&client_id, x);
+                self.send(at.shard, CoreMsg::Release { body, ack: None });
             }
-            if !conn.version.is_v5() {
+            if !v5 {
                 // 3.1.1 has no failure code for PUBACK/PUBREC: close, the client resends.
                 return self.close(id, CloseWith { reason: None, will: true }, now);
             }
+        } else if let Some(Some(Some(at))) = session.map(|s| s.incoming_qos2.get_mut(&pkid)) {
+            // Where the exchange is logged, for retention (see `publish_pins`).
+            at.seq = seq;
         }
+        let Some(conn) = self.conns.get_mut(&id) else { return };
         let code = if conn.version.is_v5() { code } else { reason::SUCCESS };
         let packet = if qos == QoS::ExactlyOnce {
             Packet::PubRec(Ack::new(pkid, code))
@@ -155,9 +181,81 @@ impl Core {
 
     pub(super) fn on_pubrel(&mut self, id: ConnId, pkid: u16) {
         let Some(conn) = self.conns.get(&id) else { return };
-        let known = self.sessions.get_mut(&conn.client_id).is_some_and(|s| s.incoming_qos2.remove(&pkid));
-        let code = if known { reason::SUCCESS } else { reason::PACKET_IDENTIFIER_NOT_FOUND };
+        let Some(s) = self.sessions.get_mut(&conn.client_id) else { return };
+        let code = match s.incoming_qos2.get_mut(&pkid) {
+            // Its release is being logged: PUBCOMP follows once it is.
+            Some(Some(at)) if at.releasing => return,
+            Some(Some(at)) => {
+                at.releasing = true;
+                let shard = at.shard;
+                // A logged exchange ends with a logged release, in the same log. PUBCOMP
+                // waits for it (in `immediate` mode): only then may the client reuse the
+                // packet id, which must not find the old exchange after a crash. Until then
+                // the id stays in use, a resent PUBLISH still a duplicate.
+                let exchange = persist::Exchange { incarnation: s.incarnation, pkid };
+                let body = persist::encode_release(&s.client_id, exchange);
+                let ack = PublishAck {
+                    core: self.id,
+                    conn: id,
+                    pkid,
+                    qos: QoS::ExactlyOnce,
+                    exchange: Some(exchange),
+                    release: true,
+                };
+                return self.send(shard, CoreMsg::Release { body, ack: Some(ack) });
+            }
+            Some(None) => {
+                s.incoming_qos2.remove(&pkid);
+                reason::SUCCESS
+            }
+            None => reason::PACKET_IDENTIFIER_NOT_FOUND,
+        };
         self.write_packet(id, &Packet::PubComp(Ack::new(pkid, code)));
+    }
+
+    /// The release of a logged exchange is durable (or could not be made so). The answer
+    /// goes to the connection that sent PUBREL; one that is gone meanwhile gets nothing, and
+    /// its client resends PUBREL on its next connection (which resets `releasing`).
+    fn on_release_done(&mut self, a: PublishAck, code: u8, now: Instant) {
+        let Some(conn) = self.conns.get(&a.conn) else { return };
+        let Some(s) = self.sessions.get_mut(&conn.client_id) else { return };
+        let Some(Some(at)) = s.incoming_qos2.get_mut(&a.pkid).filter(|at| at.is_some_and(|at| at.releasing)) else {
+            return;
+        };
+        if code >= 0x80 {
+            // PUBCOMP has no failure code: close without it, keeping the exchange, so that the
+            // client resends PUBREL on its next connection and the release is logged then.
+            at.releasing = false;
+            let reason = Some(reason::UNSPECIFIED_ERROR);
+            return self.close(a.conn, CloseWith { reason, will: true }, now);
+        }
+        s.incoming_qos2.remove(&a.pkid);
+        self.write_packet(a.conn, &Packet::PubComp(Ack::new(a.pkid, reason::SUCCESS)));
+    }
+
+    /// A logged QoS 2 release, on the shard that logged its exchange.
+    pub(super) fn shard_release(&mut self, body: Vec<u8>, ack: Option<PublishAck>, now: Instant) {
+        if self.journal_closed {
+            if let Some(a) = ack {
+                self.send(a.core, CoreMsg::PublishDone { ack: a, reason: reason::SERVER_SHUTTING_DOWN, seq: 0 });
+            }
+            return;
+        }
+        let seq = self.next_log_seq;
+        let waiting = match ack {
+            Some(a) if self.journal.is_some() && self.wait_for_durable => Some((a, reason::SUCCESS)),
+            Some(a) => {
+                let seq = if self.journal.is_some() { seq } else { 0 };
+                self.send(a.core, CoreMsg::PublishDone { ack: a, reason: reason::SUCCESS, seq });
+                None
+            }
+            None => None,
+        };
+        if self.journal.is_some() {
+            // Not held to the backlog bound: one small record per exchange, and those are
+            // bounded by Receive Maximum.
+            self.append_record(self.clock.unix_ms(now), body, waiting);
+        }
     }
 
     pub(super) fn with_session(
@@ -210,8 +308,7 @@ impl Core {
     pub(super) fn shard_publish(&mut self, msg: SharedMessage, ack: Option<PublishAck>, now: Instant) {
         if self.journal_closed && (msg.qos != QoS::AtMostOnce || msg.retain) {
             if let Some(a) = ack {
-                let reason = reason::SERVER_SHUTTING_DOWN;
-                self.send(a.core, CoreMsg::PublishDone { conn: a.conn, pkid: a.pkid, qos: a.qos, reason });
+                self.send(a.core, CoreMsg::PublishDone { ack: a, reason: reason::SERVER_SHUTTING_DOWN, seq: 0 });
             }
             return;
         }
@@ -223,8 +320,7 @@ impl Core {
             // and do not deliver what the publisher is told was not taken.
             self.stats.journal_rejected += 1;
             if let Some(a) = ack {
-                let reason = reason::QUOTA_EXCEEDED;
-                self.send(a.core, CoreMsg::PublishDone { conn: a.conn, pkid: a.pkid, qos: a.qos, reason });
+                self.send(a.core, CoreMsg::PublishDone { ack: a, reason: reason::QUOTA_EXCEEDED, seq: 0 });
             }
             return;
         }
@@ -259,7 +355,7 @@ impl Core {
         let code = if matched { reason::SUCCESS } else { reason::NO_MATCHING_SUBSCRIBERS };
         if !logged {
             if let Some(a) = ack {
-                self.send(a.core, CoreMsg::PublishDone { conn: a.conn, pkid: a.pkid, qos: a.qos, reason: code });
+                self.send(a.core, CoreMsg::PublishDone { ack: a, reason: code, seq: 0 });
             }
             return;
         }
@@ -268,10 +364,10 @@ impl Core {
         let waiting = if self.wait_for_durable { ack.map(|a| (a, code)) } else { None };
         if !self.wait_for_durable {
             if let Some(a) = ack {
-                self.send(a.core, CoreMsg::PublishDone { conn: a.conn, pkid: a.pkid, qos: a.qos, reason: code });
+                self.send(a.core, CoreMsg::PublishDone { ack: a, reason: code, seq: self.next_log_seq });
             }
         }
-        let body = persist::encode_message(&msg, &self.clock);
+        let body = persist::encode_message(&msg, &self.clock, ack.and_then(|a| a.exchange));
         if msg.retain {
             if msg.payload.is_empty() {
                 self.retained_seq.remove(&msg.topic);

@@ -14,6 +14,7 @@ use crate::codec::{
     SubscribeFilter, SubscriptionOptions, Will,
 };
 use crate::config::Config;
+use crate::persist::Record;
 use crate::registry::Registry;
 use crate::session::ConnId;
 
@@ -927,4 +928,65 @@ fn a_failing_log_fails_the_acknowledgement_instead_of_faking_success() {
     journal.0.borrow_mut().failing = false;
     c.publish(v5, "full/disk", "again", QoS::ExactlyOnce, 1);
     assert_eq!(journal.0.borrow().records.len(), 3, "logged again, not treated as a duplicate");
+}
+
+#[test]
+fn a_persistent_sessions_qos2_exchange_is_logged_and_pubcomp_waits_for_its_release() {
+    // Logged with the message, released in the same log; the packet id is free again
+    // only after the release is durable [MQTT-4.3.3-9, MQTT-4.3.3-13].
+    let mut c = Cluster::new(2);
+    let journals: Vec<FakeJournal> = (0..2).map(|_| FakeJournal::default()).collect();
+    for (core, j) in c.cores.iter_mut().zip(&journals) {
+        core.set_journal(Box::new(j.clone()), true, Arc::new(super::RetentionPins::new(2)));
+    }
+    let clock = c.cores[0].clock;
+    // The shard's records but session snapshots (the client id's home shard may be this one).
+    let logged = |j: &FakeJournal| -> Vec<Record> {
+        let records = j.0.borrow().records.clone();
+        let decoded =
+            records.into_iter().map(|b| crate::persist::decode_record(&Bytes::from(b), &clock, Instant::now()));
+        decoded.map(|r| r.expect("decodes")).filter(|r| !matches!(r, Record::Session(_))).collect()
+    };
+    let record = |j: &FakeJournal, i: usize| logged(j).swap_remove(i);
+    let publisher = c.open(0, persistent("p2", 100));
+    c.recv(publisher);
+    let incarnation = c.cores[0].sessions.get(&Bytes::from_static(b"p2")).expect("session").incarnation;
+    let topic = topic_on(1, 2);
+    c.publish(publisher, topic, "m", QoS::ExactlyOnce, 3);
+    let exchange = crate::persist::Exchange { incarnation, pkid: 3 };
+    assert!(matches!(record(&journals[1], 0), Record::Message(_, Some(x)) if x == exchange));
+    let all_durable = |j: &FakeJournal| {
+        let n = j.0.borrow().records.len() as u64;
+        j.0.borrow_mut().durable = n;
+    };
+    all_durable(&journals[1]);
+    c.cores[1].on_durable(c.now);
+    c.settle();
+    assert!(matches!(c.recv(publisher).as_slice(), [Packet::PubRec(a)] if a.pkid == 3));
+
+    c.send(publisher, Packet::PubRel(Ack::new(3, 0)));
+    assert!(c.recv(publisher).is_empty(), "no PUBCOMP before the release is durable");
+    assert!(matches!(record(&journals[1], 1), Record::Released(id, x) if id == "p2" && x == exchange));
+    // A resent PUBLISH is still a duplicate, and a resent PUBREL logs nothing more.
+    let mut dup = Publish::new(Bytes::from_static(topic.as_bytes()), QoS::ExactlyOnce, Bytes::from_static(b"m"));
+    dup.pkid = 3;
+    dup.dup = true;
+    c.send(publisher, Packet::Publish(dup));
+    c.send(publisher, Packet::PubRel(Ack::new(3, 0)));
+    assert!(matches!(c.recv(publisher).as_slice(), [Packet::PubRec(a)] if a.pkid == 3));
+    assert_eq!(logged(&journals[1]).len(), 2);
+    all_durable(&journals[1]);
+    c.cores[1].on_durable(c.now);
+    c.settle();
+    let got = c.recv(publisher);
+    assert!(matches!(got.as_slice(), [Packet::PubComp(a)] if a.pkid == 3 && a.reason == 0), "{got:?}");
+    // The id is free: the same id is a new message.
+    c.publish(publisher, topic, "m2", QoS::ExactlyOnce, 3);
+    assert!(matches!(record(&journals[1], 2), Record::Message(m, Some(x)) if x == exchange && m.payload == "m2"));
+
+    // A session that is not persistent logs no exchange.
+    let clean = c.open(0, connect("clean", ProtocolVersion::V5));
+    c.recv(clean);
+    c.publish(clean, topic, "c", QoS::ExactlyOnce, 4);
+    assert!(matches!(record(&journals[1], 3), Record::Message(_, None)));
 }
