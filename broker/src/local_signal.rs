@@ -28,6 +28,12 @@ impl LocalSignal {
         }
     }
 
+    /// Drops the waiter's waker: a task that ends while registered here must not be kept
+    /// alive by it (a waker holds its task's memory).
+    pub fn forget_waiter(&self) {
+        drop(self.waker.take());
+    }
+
     pub fn wait(&self) -> LocalWait<'_> {
         LocalWait { signal: self }
     }

@@ -456,6 +456,18 @@ struct ConnIo {
     /// Still counted in `Shared::active_conns` (released once, when the connection is
     /// closed, not after its linger: a refused client must not hold a slot).
     counted: Cell<bool>,
+    /// The socket's halves while the connection is parked: no task runs for it then (see
+    /// [`PARK_SWEEP`]).
+    parked: RefCell<Option<(rt::ReadHalf, rt::WriteHalf)>>,
+    /// Read or written since the last parking sweep.
+    active: Cell<bool>,
+    /// A sweep found it idle: the reader parks it at its next idle wait, unless it is busy
+    /// by then.
+    park_requested: Cell<bool>,
+    /// The writer is waiting for something to write (its state holds nothing then).
+    writer_idle: Cell<bool>,
+    /// Nothing has been read yet.
+    fresh: Cell<bool>,
 }
 
 /// A transport layer and the MQTT bytes it decoded that the core has not taken yet (a
@@ -473,7 +485,36 @@ impl ConnIo {
             shared.active_conns.fetch_sub(1, Ordering::AcqRel);
         }
     }
+
+    /// Whether the connection may leave its task now: asked to by the sweep, nothing to
+    /// write, nothing held for the core, not closing.
+    fn may_park(&self) -> bool {
+        self.park_requested.get()
+            && self.writer_idle.get()
+            && !self.closing.get()
+            && self.queue.borrow().is_empty()
+            && self.transport.as_ref().is_none_or(|l| {
+                let l = l.borrow();
+                l.app.is_empty() && !l.transport.wants_write()
+            })
+    }
+
+    /// Notes traffic: the connection is not idle.
+    fn touch(&self) {
+        self.active.set(true);
+        self.park_requested.set(false);
+    }
 }
+
+/// How often a core looks for idle connections to park. A connection neither read nor
+/// written for a whole interval leaves its task: its socket waits in the core's
+/// [`rt::Parker`] (an epoll set), and a task is started again when it becomes readable or
+/// the core has something to write to it. An idle connection's task, with its pending
+/// `POLL_ADD`, is about 600 of the 1,900 bytes an idle connection cost; parking and
+/// unparking are one `epoll_ctl` each, which is why only connections idle for a while are
+/// parked. Only on the io_uring runtime (and its epoll fallback); tokio keeps every
+/// connection on its task.
+const PARK_SWEEP: Duration = Duration::from_millis(500);
 
 struct Driver {
     id: usize,
@@ -497,6 +538,12 @@ struct Driver {
     stopped: LocalSignal,
     /// One per accept loop of this core, rung when the core begins stopping.
     accept_stops: RefCell<Vec<Rc<LocalSignal>>>,
+    /// Where idle connections wait without a task (`None` on tokio).
+    parker: Option<rt::Parker>,
+    /// Parked connections the core has something for: unparked by [`unpark_loop`].
+    to_unpark: RefCell<Vec<ConnId>>,
+    unpark_signal: LocalSignal,
+    parked_count: Cell<u64>,
 }
 
 async fn run_core(index: usize, shared: Arc<Shared>, start: Option<CoreStart>) {
@@ -531,10 +578,17 @@ async fn run_core(index: usize, shared: Arc<Shared>, start: Option<CoreStart>) {
         stopping: Cell::new(false),
         stopped: LocalSignal::default(),
         accept_stops: RefCell::new(Vec::new()),
+        parker: rt::Parker::new().ok(),
+        to_unpark: RefCell::new(Vec::new()),
+        unpark_signal: LocalSignal::default(),
+        parked_count: Cell::new(0),
         shared,
     });
     rt::spawn_local(drain_inbox(Rc::clone(&driver)));
     rt::spawn_local(tick(Rc::clone(&driver)));
+    if driver.parker.is_some() {
+        rt::spawn_local(unpark_loop(Rc::clone(&driver)));
+    }
     // Without listeners of its own (no SO_REUSEPORT) a core serves handed-over connections.
     for (kind, listener) in listeners {
         match rt::Listener::from_std(listener) {
@@ -677,6 +731,11 @@ fn serve(driver: &Rc<Driver>, stream: rt::Stream, kind: ListenerKind) {
             .for_kind(kind)
             .map(|transport| Box::new(RefCell::new(Layer { transport, app: BytesMut::new(), identified: false }))),
         counted: Cell::new(true),
+        parked: RefCell::new(None),
+        active: Cell::new(true),
+        park_requested: Cell::new(false),
+        writer_idle: Cell::new(false),
+        fresh: Cell::new(true),
     });
     driver.conns.borrow_mut().insert(id, Rc::clone(&io));
     rt::spawn_local(run_connection(Rc::clone(driver), id, r, w, io));
@@ -703,44 +762,134 @@ fn run_connection(
     io: Rc<ConnIo>,
 ) -> impl Future<Output = ()> {
     async move {
-        // A half that has finished is dropped at once (the writer's buffers).
-        let mut reader = std::pin::pin!(Some(read_loop(&driver, id, &mut r, &io)));
-        let mut writer = std::pin::pin!(Some(write_loop(&driver, id, &mut w, &io)));
-        std::future::poll_fn(|cx| {
-            if let Some(half) = reader.as_mut().as_pin_mut() {
-                if half.poll(cx).is_ready() {
-                    reader.set(None);
+        loop {
+            let park = {
+                // A half that has finished is dropped at once (the writer's buffers).
+                let mut reader = std::pin::pin!(Some(read_loop(&driver, id, &mut r, &io)));
+                let mut writer = std::pin::pin!(Some(write_loop(&driver, id, &mut w, &io)));
+                std::future::poll_fn(|cx| {
+                    if let Some(half) = reader.as_mut().as_pin_mut() {
+                        if let std::task::Poll::Ready(park) = half.poll(cx) {
+                            if park {
+                                // The writer waits with nothing to write (`may_park`): it
+                                // is dropped with the reader.
+                                return std::task::Poll::Ready(true);
+                            }
+                            reader.set(None);
+                        }
+                    }
+                    if let Some(half) = writer.as_mut().as_pin_mut() {
+                        if half.poll(cx).is_ready() {
+                            writer.set(None);
+                        }
+                    }
+                    // The writer may just have become idle (its last write, a CONNACK, done):
+                    // a reader waiting to park sees that only when polled again.
+                    if io.may_park() {
+                        if let Some(half) = reader.as_mut().as_pin_mut() {
+                            match half.poll(cx) {
+                                std::task::Poll::Ready(true) => return std::task::Poll::Ready(true),
+                                std::task::Poll::Ready(false) => reader.set(None),
+                                std::task::Poll::Pending => {}
+                            }
+                        }
+                    }
+                    if reader.is_none() && writer.is_none() {
+                        std::task::Poll::Ready(false)
+                    } else {
+                        std::task::Poll::Pending
+                    }
+                })
+                .await
+            };
+            if !park {
+                return;
+            }
+            let Some(parker) = &driver.parker else { return };
+            io.park_requested.set(false);
+            match parker.park(&w, id) {
+                Ok(()) => {
+                    // Nothing may keep this task alive once it ends: a waker is a reference
+                    // to it.
+                    io.signal.forget_waiter();
+                    io.drained.forget_waiter();
+                    *io.parked.borrow_mut() = Some((r, w));
+                    driver.parked_count.set(driver.parked_count.get() + 1);
+                    return;
                 }
+                Err(e) => tracing::debug!(core = driver.id, conn = id, error = %e, "could not park a connection"),
             }
-            if let Some(half) = writer.as_mut().as_pin_mut() {
-                if half.poll(cx).is_ready() {
-                    writer.set(None);
-                }
-            }
-            if reader.is_none() && writer.is_none() {
-                std::task::Poll::Ready(())
-            } else {
-                std::task::Poll::Pending
-            }
-        })
-        .await;
+        }
     }
 }
 
+/// Starts the tasks of parked connections that became readable or that the core has
+/// something for (see [`PARK_SWEEP`]).
+async fn unpark_loop(driver: Rc<Driver>) {
+    let Some(parker) = &driver.parker else { return };
+    let mut ready = Vec::new();
+    loop {
+        {
+            let mut readable = std::pin::pin!(parker.wait());
+            let mut asked = std::pin::pin!(driver.unpark_signal.wait());
+            std::future::poll_fn(|cx| {
+                if asked.as_mut().poll(cx).is_ready() || readable.as_mut().poll(cx).is_ready() {
+                    std::task::Poll::Ready(())
+                } else {
+                    std::task::Poll::Pending
+                }
+            })
+            .await;
+        }
+        if let Err(e) = parker.take_ready(&mut ready) {
+            tracing::warn!(core = driver.id, error = %e, "parked connections could not be polled");
+        }
+        ready.append(&mut driver.to_unpark.borrow_mut());
+        for id in ready.drain(..) {
+            driver.unpark(id);
+        }
+    }
+}
+
+/// Reads until the connection ends (false) or is to be parked (true, see [`PARK_SWEEP`]).
 #[allow(clippy::manual_async_fn)] // deliberately not an `async fn`, see `run_connection`
 fn read_loop<'a>(
     driver: &'a Driver,
     id: ConnId,
     r: &'a mut rt::ReadHalf,
     io: &'a ConnIo,
-) -> impl Future<Output = ()> + 'a {
+) -> impl Future<Output = bool> + 'a {
     async move {
         // Starts empty and is dropped whenever fully consumed, so an idle connection holds no
         // read buffer (the runtime allocates one when data arrives, where it can).
         let mut buf = BytesMut::new();
         loop {
+            if buf.is_empty() && driver.parker.is_some() {
+                // Idle: wait for input here, where the connection can also be parked.
+                let mut ready = std::pin::pin!(r.ready());
+                let park = std::future::poll_fn(|cx| {
+                    if io.may_park() {
+                        return std::task::Poll::Ready(true);
+                    }
+                    // An error shows again in the read below.
+                    ready.as_mut().poll(cx).map(|_| false)
+                })
+                .await;
+                if park {
+                    return true;
+                }
+            }
             let (res, b) = r.read(buf).await;
             buf = b;
+            if io.fresh.replace(false) {
+                // A connection's first read (its CONNECT) is followed by silence often enough
+                // to park it once that is answered, unless more comes first: not a sweep
+                // later, or a burst of new idle connections would hold a task each meanwhile.
+                io.active.set(false);
+                io.park_requested.set(true);
+            } else {
+                io.touch();
+            }
             // Taken around the synchronous handling only: across an await below, other
             // connections of this core publish too.
             let before = driver.core.borrow().publishes_received();
@@ -846,6 +995,7 @@ fn read_loop<'a>(
             }
         }
         io.reader_done.set(true);
+        false
     }
 }
 
@@ -885,7 +1035,9 @@ fn write_loop<'a>(
                 if io.closing.get() {
                     break;
                 }
+                io.writer_idle.set(true);
                 io.signal.wait().await;
+                io.writer_idle.set(false);
                 continue;
             }
             // What is queued goes out; the spare takes its place.
@@ -904,6 +1056,9 @@ fn write_loop<'a>(
             // idle; one allocation per write is cheap next to the write itself.
             let (res, emptied) = Box::pin(w.write_all(chunks)).await;
             spare = emptied;
+            // Busy, as far as the sweep is concerned; a park the reader asked for after its
+            // first read stands (the CONNACK it waited for has just gone out).
+            io.active.set(true);
             driver.core.borrow_mut().on_written(id, n);
             io.drained.signal();
             if res.is_err() {
@@ -971,9 +1126,14 @@ async fn drain_inbox(driver: Rc<Driver>) {
 async fn tick(driver: Rc<Driver>) {
     let mut next_gauges = Instant::now();
     let mut next_sys = Instant::now() + Duration::from_secs(1);
+    let mut next_sweep = Instant::now() + PARK_SWEEP;
     loop {
         rt::sleep(TICK).await;
         let now = Instant::now();
+        if driver.parker.is_some() && now >= next_sweep {
+            next_sweep = now + PARK_SWEEP;
+            driver.sweep_idle();
+        }
         driver.core.borrow_mut().on_tick(now);
         driver.publish_metrics(now >= next_gauges);
         if now >= next_gauges {
@@ -1039,6 +1199,7 @@ impl Driver {
         m.journal_failed_acks.set(s.journal_failed_acks);
         m.ring_overflows.set(s.ring_overflows);
         m.overloads.set(s.overloads);
+        m.parked_connections.set(self.parked_count.get());
         if gauges {
             m.set_gauges(&core.gauges());
         }
@@ -1114,6 +1275,7 @@ impl Driver {
                             queue.push(bytes);
                             drop(queue);
                             io.signal.signal();
+                            self.wake_parked(id, io);
                         }
                     }
                     Action::Close(id) => {
@@ -1131,6 +1293,7 @@ impl Driver {
                                 });
                             }
                             io.signal.signal();
+                            self.wake_parked(id, io);
                         }
                     }
                     Action::Send(core, msg) => self.push(core, msg),
@@ -1151,6 +1314,41 @@ impl Driver {
         *self.actions.borrow_mut() = actions;
         self.ring_wakeups();
         self.update_congestion();
+    }
+
+    /// A parked connection the core has something for gets its task back (from
+    /// [`unpark_loop`], which can start tasks).
+    fn wake_parked(&self, id: ConnId, io: &ConnIo) {
+        if io.parked.borrow().is_some() {
+            self.to_unpark.borrow_mut().push(id);
+            self.unpark_signal.signal();
+        }
+    }
+
+    /// Starts the task of a parked connection again.
+    fn unpark(self: &Rc<Self>, id: ConnId) {
+        let Some(io) = self.conns.borrow().get(&id).cloned() else { return };
+        let Some((mut r, w)) = io.parked.borrow_mut().take() else { return };
+        r.resume_after_idle();
+        self.parked_count.set(self.parked_count.get().saturating_sub(1));
+        if let Some(parker) = &self.parker {
+            parker.unpark(&w);
+        }
+        io.touch();
+        rt::spawn_local(run_connection(Rc::clone(self), id, r, w, io));
+    }
+
+    /// Asks the connections that were neither read nor written since the last sweep to park
+    /// (see [`PARK_SWEEP`]); their tasks are woken so that the reader sees the request.
+    fn sweep_idle(&self) {
+        for io in self.conns.borrow().values() {
+            if io.closing.get() || io.parked.borrow().is_some() || io.active.replace(false) {
+                continue;
+            }
+            if !io.park_requested.replace(true) {
+                io.signal.signal();
+            }
+        }
     }
 
     fn push(&self, to: usize, msg: CoreMsg) {

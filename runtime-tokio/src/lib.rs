@@ -214,6 +214,15 @@ impl ReadHalf {
         std::future::poll_fn(|cx| self.inner.poll_read_ready(cx))
     }
 
+    /// The connection was idle until now (nothing to adjust on tokio, which never parks).
+    pub fn resume_after_idle(&mut self) {}
+
+    /// Waits until the socket is readable (tokio's readiness; at once when it is known to
+    /// be). Dropping it while it waits loses nothing.
+    pub fn ready(&mut self) -> impl Future<Output = io::Result<()>> + '_ {
+        self.read_ready()
+    }
+
     /// Appends what is available to `buf` and returns the count, 0 at end of stream, with
     /// the buffer. When `buf` has no room it waits for data before growing it, so an idle
     /// connection given an empty buffer holds no buffer memory while it waits.
@@ -364,6 +373,34 @@ impl WriteHalf {
     /// ends too (a client that never closes its side cannot keep the connection alive).
     pub fn close(&mut self) -> io::Result<()> {
         socket2::SockRef::from(&*self.inner).shutdown(std::net::Shutdown::Both)
+    }
+}
+
+/// Parking idle connections (taking them off their tasks, see the io_uring runtime's
+/// `Parker`) is not done on tokio: [`Parker::new`] says `Unsupported`, and the broker keeps
+/// every connection on its task. The other methods exist so that the broker compiles against
+/// either runtime; without a parker they are never called.
+pub struct Parker {
+    _none: (),
+}
+
+impl Parker {
+    pub fn new() -> io::Result<Parker> {
+        Err(io::Error::new(io::ErrorKind::Unsupported, "parking connections needs the io_uring runtime"))
+    }
+
+    pub fn park(&self, _half: &WriteHalf, _token: u64) -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+
+    pub fn unpark(&self, _half: &WriteHalf) {}
+
+    pub async fn wait(&self) -> io::Result<()> {
+        std::future::pending().await
+    }
+
+    pub fn take_ready(&self, _out: &mut Vec<u64>) -> io::Result<()> {
+        Ok(())
     }
 }
 

@@ -611,7 +611,16 @@ impl Stream {
         // closer whether the descriptor is still open, with no allocation of its own.
         let closer = Closer { fd, open: Rc::downgrade(&r.0) };
         Ok((
-            ReadHalf { inner: r, next_room: READ_ROOM_START, ready_streak: 0, quiet: true, first_done: false },
+            ReadHalf {
+                inner: r,
+                next_room: READ_ROOM_START,
+                ready_streak: 0,
+                quiet: true,
+                first_done: false,
+                ready_known: false,
+                last_read_ms: 0,
+                busy_reads: 0,
+            },
             WriteHalf { inner: w, fd },
             closer,
         ))
@@ -655,6 +664,12 @@ pub struct ReadHalf {
     quiet: bool,
     /// The first read (usually the CONNECT) has completed.
     first_done: bool,
+    /// [`ReadHalf::ready`] saw the socket readable: the next read need not wait for it again.
+    ready_known: bool,
+    /// When the last read completed (coarse clock, ms, wrapping).
+    last_read_ms: u32,
+    /// Reads in a row that came within a clock tick of the one before, or brought plenty.
+    busy_reads: u8,
 }
 
 /// Reads in a row that may complete without waiting before the reading task yields.
@@ -684,10 +699,14 @@ impl<F: Future + Unpin> Future for NoteReady<F> {
 const READ_ROOM_MIN: usize = 512;
 const READ_ROOM_START: usize = 2 * 1024;
 const READ_ROOM_MAX: usize = 64 * 1024;
-/// A read that waited at least this long for data marks the connection quiet (unless it
-/// brought a lot). Measured on the coarse clock, so in effect "at least one clock tick"
-/// (1 to 10 ms depending on the kernel's HZ).
-const QUIET_WAIT: Duration = Duration::from_millis(1);
+/// A read that completes less than this long after the one before (or brings at least
+/// [`READ_ROOM_MIN`]) is a busy one. Measured on the coarse clock, so in effect "within one
+/// clock tick" (1 to 10 ms depending on the kernel's HZ).
+const QUIET_GAP_MS: u32 = 1;
+/// Busy reads in a row after which a connection is busy, not quiet. More than one: a client
+/// that sends a few packets at once (CONNECT, then SUBSCRIBE as soon as the CONNACK is in)
+/// and then nothing stays quiet, so its idle wait can be parked (see [`Parker`]).
+const BUSY_READS: u8 = 4;
 
 /// `CLOCK_MONOTONIC_COARSE`: a few nanoseconds to read (no hardware counter), which matters
 /// at two reads of the clock per receive; its resolution (a kernel tick) is plenty to tell a
@@ -704,6 +723,30 @@ fn coarse_now() -> Duration {
 }
 
 impl ReadHalf {
+    /// For a quiet connection (see [`ReadHalf::read`]), waits until the socket is readable,
+    /// and the next read given an empty buffer does not wait again; for a busy one, returns at
+    /// once. Dropping it while it waits loses nothing (no buffer is involved), which is what
+    /// lets the caller stop waiting and [park](Parker) the connection instead.
+    #[allow(clippy::manual_async_fn)] // not an `async fn`, like `read`
+    pub fn ready(&mut self) -> impl Future<Output = io::Result<()>> + '_ {
+        async move {
+            if self.quiet && !self.ready_known {
+                // SAFETY: as in `read`: the stream outlives this borrow, and everything that
+                // touches it runs on this thread, never holding a `&mut` across an await.
+                let stream = unsafe { &*self.inner.0.get() };
+                stream.readable(false).await?;
+                self.ready_known = true;
+            }
+            Ok(())
+        }
+    }
+
+    /// The connection was idle (parked) until now: it is quiet.
+    pub fn resume_after_idle(&mut self) {
+        self.quiet = true;
+        self.busy_reads = 0;
+    }
+
     /// Appends what is available to `buf` and returns the count, 0 at end of stream, with
     /// the buffer.
     ///
@@ -714,8 +757,8 @@ impl ReadHalf {
     /// used under a quarter (down to 512 bytes, so an idle connection that the caller gives an
     /// empty buffer holds only that while it waits).
     ///
-    /// A connection that is quiet (its last read waited at least a clock tick and brought
-    /// less than [`READ_ROOM_MIN`], or it has only sent its first packet so far) would hold
+    /// A connection that is quiet (its last few reads were not all busy: each within a clock
+    /// tick of the one before, or bringing [`READ_ROOM_MIN`] or more; see [`BUSY_READS`]) would hold
     /// that room for as long as it stays silent, which for an idle client is its whole life.
     /// (The size matters as much as the wait: on a busy core a read can wait for the core
     /// rather than for data, and it then brings plenty.) So when the caller
@@ -734,8 +777,8 @@ impl ReadHalf {
     #[allow(clippy::manual_async_fn)] // deliberately not an `async fn`, see above
     pub fn read(&mut self, mut buf: BytesMut) -> impl Future<Output = (io::Result<usize>, BytesMut)> + '_ {
         async move {
-            let started = coarse_now();
-            if self.quiet && buf.is_empty() {
+            let ready_known = std::mem::replace(&mut self.ready_known, false);
+            if self.quiet && buf.is_empty() && !ready_known {
                 // SAFETY: the stream lives in the `Rc<UnsafeCell<..>>` shared by the two halves,
                 // which outlives this borrow (`self.inner` holds one count). Everything that
                 // touches it runs on this thread, and the other half only takes a `&mut` for the
@@ -782,8 +825,11 @@ impl ReadHalf {
                 }
                 // The first read stays quiet: a client that sends CONNECT and then nothing is the
                 // idle connection this is for, and its CONNECT arrives right after the accept.
-                let waited = coarse_now().saturating_sub(started);
-                self.quiet = !self.first_done || (waited >= QUIET_WAIT && n < READ_ROOM_MIN);
+                let now_ms = coarse_now().as_millis() as u32;
+                let gap = now_ms.wrapping_sub(std::mem::replace(&mut self.last_read_ms, now_ms));
+                self.busy_reads =
+                    if gap < QUIET_GAP_MS || n >= READ_ROOM_MIN { self.busy_reads.saturating_add(1) } else { 0 };
+                self.quiet = !self.first_done || self.busy_reads < BUSY_READS;
                 self.first_done = true;
             }
             (res, slice.into_inner())
@@ -894,6 +940,89 @@ struct WakeupInner {
     /// The permit: a ring nobody has consumed yet.
     notified: AtomicBool,
     waker: atomic_waker::AtomicWaker,
+}
+
+/// Watches idle connections for input without a task or a pending operation each: a
+/// private epoll instance (which the core waits on the way [`Listener`] does) holds the
+/// parked sockets, one-shot, tagged with the caller's token.
+///
+/// A connection's task with its pending `POLL_ADD` is most of what an idle connection costs
+/// (about 600 bytes); a parked one costs its epoll registration, which is kernel memory.
+/// Parking and unparking are one `epoll_ctl` each, so the caller parks only connections that
+/// have been idle for a while.
+pub struct Parker {
+    /// The epoll instance, in a `UnixStream` shell only to be waited on (as in [`Listener`]).
+    ready: monoio::net::UnixStream,
+}
+
+impl Parker {
+    pub fn new() -> io::Result<Parker> {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        // SAFETY: epoll_create1 has no memory-safety preconditions; on success it returns a new
+        // descriptor that nothing else owns, which OwnedFd then owns (and closes).
+        let epoll = unsafe {
+            let fd = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            OwnedFd::from_raw_fd(fd)
+        };
+        let shell = std::os::unix::net::UnixStream::from(epoll);
+        Ok(Parker { ready: monoio::net::UnixStream::from_std(shell)? })
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: std::os::fd::RawFd, token: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let events = libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT;
+        let mut event = libc::epoll_event { events: events as u32, u64: token };
+        // SAFETY: the epoll descriptor is owned by `self.ready`; `fd` is the descriptor of a
+        // live half (the caller holds it); `event` is a valid epoll_event the kernel only reads.
+        if unsafe { libc::epoll_ctl(self.ready.as_raw_fd(), op, fd, &mut event) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Watches `half`'s socket until it is readable (data, end of stream or an error), then
+    /// reports `token` once from [`Parker::wait`]. A socket that is readable already is
+    /// reported at once. The caller keeps the halves meanwhile, and must not read until it
+    /// calls [`Parker::unpark`].
+    pub fn park(&self, half: &WriteHalf, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, half.fd, token)
+    }
+
+    /// Stops watching `half`'s socket (reported or not).
+    pub fn unpark(&self, half: &WriteHalf) {
+        // An error means it is not watched (already removed): nothing to undo.
+        let _ = self.ctl(libc::EPOLL_CTL_DEL, half.fd, 0);
+    }
+
+    /// Waits until a parked socket may be ready (then [`Parker::take_ready`] says which).
+    pub async fn wait(&self) -> io::Result<()> {
+        self.ready.readable(false).await
+    }
+
+    /// Appends the tokens of the parked sockets that are ready to `out` (each is reported
+    /// once per [`Parker::park`]); never waits.
+    pub fn take_ready(&self, out: &mut Vec<u64>) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
+        loop {
+            // SAFETY: `events` is writable for 64 entries; the timeout 0 never blocks.
+            let n = unsafe { libc::epoll_wait(self.ready.as_raw_fd(), events.as_mut_ptr(), 64, 0) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            out.extend(events.iter().take(n as usize).map(|e| e.u64));
+            if n < 64 {
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// A cross-thread doorbell: any thread may [`ring`](Wakeup::ring); the owning core awaits

@@ -414,3 +414,48 @@ fn a_reader_with_data_always_waiting_lets_other_tasks_run() {
         client.join().expect("client");
     });
 }
+
+#[test]
+fn a_parked_socket_is_reported_once_readable_and_reads_normally_after() {
+    on_both(|| async {
+        let listener = Listener::bind(loopback()).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let client = std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).expect("connect");
+            rx.recv().expect("go");
+            s.write_all(b"ping").expect("write");
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        let (stream, _) = listener.accept().await.expect("accept");
+        let (mut r, w, _closer) = stream.into_split().expect("split");
+        let parker = Parker::new().expect("parker");
+        // Dropping a wait for readiness loses nothing: this is what the broker does when it
+        // parks a connection it was waiting on.
+        {
+            let mut wait = std::pin::pin!(r.ready());
+            let mut timeout = std::pin::pin!(sleep(Duration::from_millis(20)));
+            let first = std::future::poll_fn(|cx| match wait.as_mut().poll(cx) {
+                Poll::Ready(_) => Poll::Ready(true),
+                Poll::Pending => timeout.as_mut().poll(cx).map(|_| false),
+            })
+            .await;
+            assert!(!first, "nothing was sent yet");
+        }
+        parker.park(&w, 42).expect("park");
+        let mut ready = Vec::new();
+        parker.take_ready(&mut ready).expect("poll");
+        assert!(ready.is_empty(), "silent socket reported: {ready:?}");
+        tx.send(()).expect("go");
+        while ready.is_empty() {
+            parker.wait().await.expect("wait");
+            parker.take_ready(&mut ready).expect("poll");
+        }
+        assert_eq!(ready, [42]);
+        parker.unpark(&w);
+        r.resume_after_idle();
+        let (res, buf) = r.read(BytesMut::new()).await;
+        assert_eq!((res.expect("read"), &buf[..]), (4, &b"ping"[..]));
+        client.join().expect("client");
+    });
+}

@@ -148,6 +148,8 @@ pub struct CoreMetrics {
     pub queued_messages: Gauge,
     /// Subscriptions in this core's shard of the topic space.
     pub subscriptions: Gauge,
+    /// Idle connections of this core parked off their tasks (io_uring runtime).
+    pub parked_connections: Gauge,
 }
 
 impl CoreMetrics {

@@ -44,7 +44,7 @@ const DROP_REASONS: [(&str, CounterOf); 8] = [
 ];
 
 /// Totals of the per-core gauges: name, help, gauge.
-const GAUGE_TOTALS: [(&str, &str, GaugeOf); 6] = [
+const GAUGE_TOTALS: [(&str, &str, GaugeOf); 7] = [
     ("promptmq_connections", "Open client connections (including those that have not sent CONNECT yet).", |c| {
         &c.connections
     }),
@@ -55,6 +55,11 @@ const GAUGE_TOTALS: [(&str, &str, GaugeOf); 6] = [
         &c.inflight_messages
     }),
     ("promptmq_queued_messages", "Messages waiting in session queues.", |c| &c.queued_messages),
+    (
+        "promptmq_parked_connections",
+        "Idle connections waiting in their core's epoll set, without a task of their own (io_uring runtime).",
+        |c| &c.parked_connections,
+    ),
 ];
 
 /// Per-core gauges: name, help, gauge.
