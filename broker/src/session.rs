@@ -87,8 +87,8 @@ pub struct Session {
     pub expiry_interval: u32,
     pub expires_at: Option<Instant>,
     /// Keyed by the full filter as subscribed (including any `$share/group/` prefix).
-    pub subscriptions: HashMap<Bytes, StoredSubscription>,
-    pub inflight: HashMap<u16, Inflight, BrokerKeys>,
+    pub subscriptions: LazyMap<Bytes, StoredSubscription>,
+    pub inflight: LazyMap<u16, Inflight, BrokerKeys>,
     /// Inflight packet ids not yet resent on the current connection, oldest first: after a
     /// reconnect they go out as the new connection's Receive Maximum allows [MQTT-3.3.4-9].
     pub resend: VecDeque<u16>,
@@ -102,7 +102,7 @@ pub struct Session {
     /// these ids is not delivered again (exactly once, [MQTT-4.3.3-9]). The value says
     /// where the exchange is logged (see `persist.rs`); `None` when it is not (a session
     /// that is not persistent, or no log).
-    pub incoming_qos2: HashMap<u16, Option<LoggedExchange>, BrokerKeys>,
+    pub incoming_qos2: LazyMap<u16, Option<LoggedExchange>, BrokerKeys>,
     /// Set when the session is created (a clean start creates a new one), kept across
     /// takeovers and restarts: logged inbound QoS 2 exchanges carry it, so that those of an
     /// earlier session with the same client id never come back.
@@ -115,7 +115,7 @@ pub struct Session {
     /// Due time of this session's one live timer-heap entry.
     pub timer_at: Option<Instant>,
     /// Per shard, the highest log sequence number offered to this session.
-    pub seen: HashMap<usize, u64, BrokerKeys>,
+    pub seen: LazyMap<usize, u64, BrokerKeys>,
     /// Whether a snapshot of this session is in a log (so its end must be logged too).
     pub persisted: bool,
     /// Progress not yet checkpointed.
@@ -147,19 +147,19 @@ impl Session {
             version,
             expiry_interval: 0,
             expires_at: None,
-            subscriptions: HashMap::new(),
-            inflight: HashMap::default(),
+            subscriptions: LazyMap::default(),
+            inflight: LazyMap::default(),
             resend: VecDeque::new(),
             next_seq: 0,
             next_pkid: 1,
             queue: VecDeque::new(),
             queued_bytes: 0,
-            incoming_qos2: HashMap::default(),
+            incoming_qos2: LazyMap::default(),
             incarnation: new_incarnation(),
             will: None,
             will_due: None,
             timer_at: None,
-            seen: HashMap::default(),
+            seen: LazyMap::default(),
             persisted: false,
             progress_dirty: false,
             acked_since_check: false,
@@ -176,16 +176,15 @@ impl Session {
     /// more: everything it was offered from that shard, except what still waits in its
     /// queue or for an acknowledgement.
     pub fn watermarks(&self) -> Vec<(usize, u64)> {
-        let mut marks = self.seen.clone();
+        let mut marks: Vec<(usize, u64)> = self.seen.iter().map(|(&shard, &seq)| (shard, seq)).collect();
+        marks.sort_unstable();
         let owed = self.inflight.values().map(|f| &f.out).chain(self.queue.iter());
         for (shard, seq) in owed.filter_map(|o| o.origin) {
-            if let Some(m) = marks.get_mut(&shard) {
-                *m = (*m).min(seq - 1);
+            if let Ok(i) = marks.binary_search_by_key(&shard, |&(s, _)| s) {
+                marks[i].1 = marks[i].1.min(seq - 1);
             }
         }
-        let mut v: Vec<(usize, u64)> = marks.into_iter().collect();
-        v.sort_unstable();
-        v
+        marks
     }
 
     /// The earliest instant at which a timer of this session (will delay, expiry) is due.
@@ -364,20 +363,21 @@ impl Conn {
     }
 }
 
-/// A hash map that allocates nothing, and takes one pointer, until its first entry. For topic
-/// aliases, which most clients never use: two empty `HashMap`s would cost every connection 96
-/// bytes.
-#[derive(Debug)]
+/// A hash map that allocates nothing, and takes one pointer, until its first entry: for the
+/// maps most connections and sessions never fill (topic aliases, subscriptions of a client
+/// that only publishes, QoS 1/2 state of one that only uses QoS 0), which as plain `HashMap`s
+/// would cost every idle connection 32 to 48 bytes each. Emptied, it keeps its allocation.
+#[derive(Debug, Clone)]
 #[allow(clippy::box_collection)] // the box is the point: one pointer while empty
-pub struct LazyMap<K, V>(Option<Box<HashMap<K, V>>>);
+pub struct LazyMap<K, V, S = std::collections::hash_map::RandomState>(Option<Box<HashMap<K, V, S>>>);
 
-impl<K, V> Default for LazyMap<K, V> {
+impl<K, V, S> Default for LazyMap<K, V, S> {
     fn default() -> Self {
         LazyMap(None)
     }
 }
 
-impl<K: std::hash::Hash + Eq, V> LazyMap<K, V> {
+impl<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher + Default> LazyMap<K, V, S> {
     pub fn get<Q>(&self, key: &Q) -> Option<&V>
     where
         K: std::borrow::Borrow<Q>,
@@ -386,8 +386,41 @@ impl<K: std::hash::Hash + Eq, V> LazyMap<K, V> {
         self.0.as_ref()?.get(key)
     }
 
+    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.0.as_mut()?.get_mut(key)
+    }
+
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.get(key).is_some()
+    }
+
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        self.0.get_or_insert_with(Default::default).insert(key, value)
+        self.map_mut().insert(key, value)
+    }
+
+    pub fn remove<Q>(&mut self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.0.as_mut()?.remove(key)
+    }
+
+    pub fn entry(&mut self, key: K) -> std::collections::hash_map::Entry<'_, K, V> {
+        self.map_mut().entry(key)
+    }
+
+    /// The map itself, allocated now if it was not.
+    pub fn map_mut(&mut self) -> &mut HashMap<K, V, S> {
+        self.0.get_or_insert_with(Default::default)
     }
 
     pub fn len(&self) -> usize {
@@ -396,6 +429,37 @@ impl<K: std::hash::Hash + Eq, V> LazyMap<K, V> {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.0.iter().flat_map(|m| m.iter())
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.iter().map(|(k, _)| k)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.iter().map(|(_, v)| v)
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.0.iter_mut().flat_map(|m| m.values_mut())
+    }
+
+    pub fn drain(&mut self) -> impl Iterator<Item = (K, V)> + '_ {
+        self.0.iter_mut().flat_map(|m| m.drain())
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher + Default> FromIterator<(K, V)> for LazyMap<K, V, S> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let map: HashMap<K, V, S> = iter.into_iter().collect();
+        if map.is_empty() {
+            LazyMap(None)
+        } else {
+            LazyMap(Some(Box::new(map)))
+        }
     }
 }
 

@@ -278,7 +278,7 @@ fn owed(session: &Session, shard: usize, seq: u64, msg: &SharedMessage) -> Optio
         return None;
     }
     let mut out: Option<Outgoing> = None;
-    for (filter, sub) in &session.subscriptions {
+    for (filter, sub) in session.subscriptions.iter() {
         if !matches!(topic::parse_shared(filter), Ok(None)) {
             continue;
         }

@@ -183,7 +183,7 @@ impl Core {
             let deadline = now + conn.keep_alive * 3 / 2;
             if conn.timer_at.is_none_or(|t| deadline < t) {
                 conn.timer_at = Some(deadline);
-                self.timers.push(Reverse((deadline, Timer::KeepAlive(id))));
+                self.conn_timers.push(Reverse((deadline, id)));
             }
         }
         let claim = self.registry.claim(&client_id, self.id);
@@ -411,7 +411,7 @@ impl Core {
         let Some(deadline) = conn.keep_alive_deadline() else { return };
         if conn.timer_at.is_none_or(|t| deadline < t) {
             conn.timer_at = Some(deadline);
-            self.timers.push(Reverse((deadline, Timer::KeepAlive(id))));
+            self.conn_timers.push(Reverse((deadline, id)));
         }
     }
 

@@ -179,9 +179,11 @@ enum Pending {
     },
 }
 
+/// Timers of sessions and of moved sessions' tombstones. Connections' keep-alive (and
+/// CONNECT) deadlines have a heap of their own, [`Core::conn_timers`], with entries a third
+/// the size: every idle connection has one or two.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
-    KeepAlive(ConnId),
     Session(Bytes),
     Tombstone(Bytes),
 }
@@ -247,6 +249,9 @@ pub struct Core {
     pending: HashMap<u64, Pending>,
     next_request: u64,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    /// Keep-alive and CONNECT deadlines; an entry is live if it is its connection's
+    /// `timer_at`.
+    conn_timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
     local_inbox: VecDeque<CoreMsg>,
     actions: Vec<Action>,
     /// [`Action::Overloaded`] was emitted since the last [`Core::overload_level`].
@@ -334,6 +339,7 @@ impl Core {
             pending: HashMap::new(),
             next_request: 1,
             timers: BinaryHeap::new(),
+            conn_timers: BinaryHeap::new(),
             local_inbox: VecDeque::new(),
             actions: Vec::new(),
             overload_signalled: false,
@@ -594,13 +600,19 @@ impl Core {
             self.check_retention(now);
             self.next_retention_check = Some(now + RETENTION_CHECK);
         }
+        while let Some(&Reverse((due, id))) = self.conn_timers.peek() {
+            if due > now {
+                break;
+            }
+            self.conn_timers.pop();
+            self.check_keep_alive(id, due, now);
+        }
         while let Some(Reverse((due, _))) = self.timers.peek() {
             if *due > now {
                 break;
             }
             let Some(Reverse((due, timer))) = self.timers.pop() else { break };
             match timer {
-                Timer::KeepAlive(id) => self.check_keep_alive(id, due, now),
                 Timer::Session(client_id) => self.check_session(&client_id, due, now),
                 Timer::Tombstone(client_id) => {
                     if self.moved.get(&client_id).is_some_and(|m| m.2 <= now) {
@@ -614,7 +626,12 @@ impl Core {
 
     /// The earliest timer, so the driver knows when to tick next.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((t, _))| *t)
+        let session = self.timers.peek().map(|Reverse((t, _))| *t);
+        let conn = self.conn_timers.peek().map(|Reverse((t, _))| *t);
+        match (session, conn) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn send(&mut self, core: usize, msg: CoreMsg) {
@@ -724,18 +741,18 @@ impl Core {
     /// cannot grow the heap (entries of closed connections would otherwise wait for their
     /// due time, up to a day for a long keep-alive).
     fn prune_timers(&mut self) {
-        let live = self.conns.len() + self.sessions.len() + self.moved.len();
-        if self.timers.len() <= 2 * live + 1024 {
-            return;
+        if self.conn_timers.len() > 2 * self.conns.len() + 1024 {
+            let conns = &self.conns;
+            self.conn_timers.retain(|Reverse((due, id))| conns.get(id).is_some_and(|c| c.timer_at == Some(*due)));
         }
-        let conns = &self.conns;
-        let sessions = &self.sessions;
-        let moved = &self.moved;
-        self.timers.retain(|Reverse((due, t))| match t {
-            Timer::KeepAlive(id) => conns.get(id).is_some_and(|c| c.timer_at == Some(*due)),
-            Timer::Session(id) => sessions.get(id).is_some_and(|s| s.timer_at == Some(*due)),
-            Timer::Tombstone(id) => moved.contains_key(id),
-        });
+        if self.timers.len() > 2 * (self.sessions.len() + self.moved.len()) + 1024 {
+            let sessions = &self.sessions;
+            let moved = &self.moved;
+            self.timers.retain(|Reverse((due, t))| match t {
+                Timer::Session(id) => sessions.get(id).is_some_and(|s| s.timer_at == Some(*due)),
+                Timer::Tombstone(id) => moved.contains_key(id),
+            });
+        }
     }
 
     fn handle_message(&mut self, msg: CoreMsg, now: Instant) {
