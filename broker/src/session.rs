@@ -81,7 +81,9 @@ pub struct Session {
     pub epoch: u64,
     /// The registry claim currently holding the session (changes on every takeover).
     pub claim: u64,
-    pub conn: Option<ConnId>,
+    /// The connection it is attached to (see [`Session::conn`]); connection ids start at
+    /// 1, so `None` takes no room of its own.
+    conn: Option<std::num::NonZeroU64>,
     pub version: ProtocolVersion,
     /// Seconds after disconnect; `u32::MAX` never expires.
     pub expiry_interval: u32,
@@ -91,13 +93,11 @@ pub struct Session {
     pub inflight: LazyMap<u16, Inflight, BrokerKeys>,
     /// Inflight packet ids not yet resent on the current connection, oldest first: after a
     /// reconnect they go out as the new connection's Receive Maximum allows [MQTT-3.3.4-9].
-    pub resend: VecDeque<u16>,
+    pub resend: LazyDeque<u16>,
     pub next_seq: u64,
     pub next_pkid: u16,
-    /// Use the `queue_*` methods, which keep `queued_bytes` right.
-    pub queue: VecDeque<Outgoing>,
-    /// Topic and payload bytes of the messages in `queue`.
-    pub queued_bytes: usize,
+    /// Add and take with the `enqueue` and `queue_*` methods.
+    pub queue: MessageQueue,
     /// Inbound QoS 2 packet ids between PUBLISH and PUBREL: a resent PUBLISH with one of
     /// these ids is not delivered again (exactly once, [MQTT-4.3.3-9]). The value says
     /// where the exchange is logged (see `persist.rs`); `None` when it is not (a session
@@ -149,11 +149,10 @@ impl Session {
             expires_at: None,
             subscriptions: LazyMap::default(),
             inflight: LazyMap::default(),
-            resend: VecDeque::new(),
+            resend: LazyDeque::default(),
             next_seq: 0,
             next_pkid: 1,
-            queue: VecDeque::new(),
-            queued_bytes: 0,
+            queue: MessageQueue::default(),
             incoming_qos2: LazyMap::default(),
             incarnation: new_incarnation(),
             will: None,
@@ -165,6 +164,20 @@ impl Session {
             acked_since_check: false,
             acl: None,
         }
+    }
+
+    /// The connection the session is attached to, if any.
+    pub fn conn(&self) -> Option<ConnId> {
+        self.conn.map(|c| c.get())
+    }
+
+    /// Attaches the session to a connection (ids start at 1; 0 means none), or detaches it.
+    pub fn set_conn(&mut self, conn: Option<ConnId>) {
+        self.conn = conn.and_then(std::num::NonZeroU64::new);
+    }
+
+    pub fn take_conn(&mut self) -> Option<ConnId> {
+        self.conn.take().map(|c| c.get())
     }
 
     /// Whether the session outlives its connection (and so is logged).
@@ -201,7 +214,7 @@ impl Session {
     pub fn enqueue(&mut self, out: Outgoing, limits: Limits, stats: &mut Stats) {
         let size = queued_size(&out);
         let max_bytes = if limits.max_queued_bytes == 0 { usize::MAX } else { limits.max_queued_bytes };
-        let full = |s: &Session| s.queue.len() >= limits.max_queued || s.queued_bytes + size > max_bytes;
+        let full = |s: &Session| s.queue.len() >= limits.max_queued || s.queue.bytes() + size > max_bytes;
         if size > max_bytes {
             stats.dropped_queue_full += 1;
             return;
@@ -217,20 +230,17 @@ impl Session {
                 }
             }
         }
-        self.queued_bytes += size;
-        self.queue.push_back(out);
+        self.queue.push_back(out, size);
     }
 
     pub fn queue_pop_front(&mut self) -> Option<Outgoing> {
-        let out = self.queue.pop_front()?;
-        self.queued_bytes = self.queued_bytes.saturating_sub(queued_size(&out));
-        Some(out)
+        self.queue.pop_front()
     }
 
     /// Puts a message back at the head (it could not be sent after all).
     pub fn queue_push_front(&mut self, out: Outgoing) {
-        self.queued_bytes += queued_size(&out);
-        self.queue.push_front(out);
+        let size = queued_size(&out);
+        self.queue.push_front(out, size);
     }
 
     fn allocate_pkid(&mut self) -> Option<u16> {
@@ -253,7 +263,7 @@ pub enum Phase {
     /// `auth.use-identity-as-username` is set (see `Core::set_peer_identity`). Here rather
     /// than in [`Conn`], where every connection would pay for it for its whole life.
     AwaitingConnect {
-        peer_identity: Option<Bytes>,
+        peer_identity: Option<Box<Bytes>>,
     },
     /// CONNECT read; its password is being checked off the core (see
     /// [`crate::access::LoginCheck`]). What the client sent behind it is not decoded yet: it
@@ -273,26 +283,28 @@ pub enum Phase {
 #[derive(Debug)]
 pub struct Conn {
     pub id: ConnId,
-    pub accepted_at: Instant,
-    /// Due time of this connection's one live timer-heap entry.
+    /// Due time of this connection's one live timer-heap entry. Until CONNECT is accepted,
+    /// that is the CONNECT deadline (see [`Conn::keep_alive_deadline`]).
     pub timer_at: Option<Instant>,
     pub phase: Phase,
     pub version: ProtocolVersion,
     pub client_id: Bytes,
-    pub keep_alive: Duration,
+    /// Seconds; 0: none.
+    pub keep_alive: u16,
     pub last_seen: Instant,
     /// The client's Receive Maximum: our outbound window [MQTT-3.3.4-7].
     pub client_receive_max: u16,
     /// The client's Maximum Packet Size.
-    pub client_max_packet: usize,
+    pub client_max_packet: u32,
     /// The client's Topic Alias Maximum (server-to-client aliases we may use).
     pub client_alias_max: u16,
     pub aliases_in: LazyMap<u16, Bytes>,
     pub aliases_out: LazyMap<Bytes, u16>,
     /// Inbound QoS 1 publishes handed to the shard and not yet acknowledged.
-    pub unacked_qos1: usize,
+    pub unacked_qos1: u32,
     /// Bytes handed to the writer and not yet written.
-    pub pending_write: usize,
+    /// (32 bits: a write queue is bounded far below 4 GiB, see `mqtt.max-write-buffer`.)
+    pub pending_write: u32,
     /// Clean Start / Clean Session of the CONNECT, kept while the session is fetched.
     pub clean_start: bool,
     pub session_expiry: u32,
@@ -304,24 +316,31 @@ pub struct Conn {
     pub acl: Option<Arc<ClientAcl>>,
     /// Set when the connection limit was reached at accept: the CONNECT is refused so.
     pub refuse_with: Option<u8>,
-    /// Publish rate limit: tokens left (negative: debt) as of `rate_at`.
-    pub rate_tokens: f64,
-    pub rate_at: Instant,
+    /// Publish rate limit (`mqtt.max-publish-rate`), from the first publish on; boxed, as
+    /// most brokers set no limit.
+    pub rate: Option<Box<RateBucket>>,
+}
+
+/// A connection's publish-rate token bucket.
+#[derive(Debug)]
+pub struct RateBucket {
+    /// Tokens left (negative: debt) as of `at`.
+    pub tokens: f64,
+    pub at: Instant,
 }
 
 impl Conn {
     pub fn new(id: ConnId, now: Instant) -> Conn {
         Conn {
             id,
-            accepted_at: now,
-            timer_at: None,
+            timer_at: Some(now + CONNECT_TIMEOUT),
             phase: Phase::AwaitingConnect { peer_identity: None },
             version: ProtocolVersion::V311,
             client_id: Bytes::new(),
-            keep_alive: Duration::ZERO,
+            keep_alive: 0,
             last_seen: now,
             client_receive_max: u16::MAX,
-            client_max_packet: codec::MAX_REMAINING_LENGTH + 5,
+            client_max_packet: (codec::MAX_REMAINING_LENGTH + 5) as u32,
             client_alias_max: 0,
             aliases_in: LazyMap::default(),
             aliases_out: LazyMap::default(),
@@ -334,20 +353,34 @@ impl Conn {
             assigned_client_id: false,
             acl: None,
             refuse_with: None,
-            // A full bucket (capped at one second of publishes on first use).
-            rate_tokens: f64::INFINITY,
-            rate_at: now,
+            rate: None,
         }
+    }
+
+    /// CONNECT is not accepted yet (not read, or its password being checked).
+    pub fn awaiting_connect(&self) -> bool {
+        matches!(self.phase, Phase::AwaitingConnect { .. } | Phase::AwaitingLogin { .. })
     }
 
     /// The publish-rate bucket (`rate` tokens a second, holding one second's worth) brought
     /// up to `now`; returns how long until it is out of debt, if it is in debt.
     pub fn rate_refill(&mut self, rate: u32, now: Instant) -> Option<Duration> {
         let rate = f64::from(rate);
-        let refill = now.saturating_duration_since(self.rate_at).as_secs_f64() * rate;
-        self.rate_tokens = (self.rate_tokens + refill).min(rate);
-        self.rate_at = now;
-        (self.rate_tokens < 0.0).then(|| Duration::from_secs_f64(-self.rate_tokens / rate))
+        // A new bucket is full (one second of publishes).
+        let b = self.rate.get_or_insert_with(|| Box::new(RateBucket { tokens: rate, at: now }));
+        let refill = now.saturating_duration_since(b.at).as_secs_f64() * rate;
+        b.tokens = (b.tokens + refill).min(rate);
+        b.at = now;
+        (b.tokens < 0.0).then(|| Duration::from_secs_f64(-b.tokens / rate))
+    }
+
+    /// Takes a token for a publish; true when that puts the bucket in debt.
+    pub fn rate_take(&mut self, rate: u32, now: Instant) -> bool {
+        self.rate_refill(rate, now);
+        self.rate.as_mut().is_some_and(|b| {
+            b.tokens -= 1.0;
+            b.tokens < 0.0
+        })
     }
 
     /// When the keep-alive runs out: 1.5 times the interval after the last packet
@@ -356,10 +389,10 @@ impl Conn {
     /// many bytes trickle in, so idle or slow-loris sockets cannot pile up (and a login
     /// waiting behind many others gives up).
     pub fn keep_alive_deadline(&self) -> Option<Instant> {
-        if matches!(self.phase, Phase::AwaitingConnect { .. } | Phase::AwaitingLogin { .. }) {
-            return Some(self.accepted_at + CONNECT_TIMEOUT);
+        if self.awaiting_connect() {
+            return self.timer_at;
         }
-        (!self.keep_alive.is_zero()).then(|| self.last_seen + self.keep_alive * 3 / 2)
+        (self.keep_alive > 0).then(|| self.last_seen + Duration::from_millis(u64::from(self.keep_alive) * 1500))
     }
 }
 
@@ -463,6 +496,102 @@ impl<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher + Default> FromIterat
     }
 }
 
+/// Messages owed to a session that wait for its connection or its window, and their size.
+/// One pointer until the first message (most sessions never queue); the allocation stays
+/// after that, as a queue that fills and drains at full speed should not allocate each time.
+#[derive(Debug, Default)]
+pub struct MessageQueue(Option<Box<QueueInner>>);
+
+#[derive(Debug, Default)]
+struct QueueInner {
+    items: VecDeque<Outgoing>,
+    /// Topic and payload bytes of `items` (see `queued_size`).
+    bytes: usize,
+}
+
+impl MessageQueue {
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |q| q.items.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Topic and payload bytes of the messages queued.
+    pub fn bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, |q| q.bytes)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Outgoing> {
+        self.0.iter().flat_map(|q| q.items.iter())
+    }
+
+    fn push_back(&mut self, out: Outgoing, size: usize) {
+        let q = self.0.get_or_insert_with(Default::default);
+        q.bytes += size;
+        q.items.push_back(out);
+    }
+
+    fn push_front(&mut self, out: Outgoing, size: usize) {
+        let q = self.0.get_or_insert_with(Default::default);
+        q.bytes += size;
+        q.items.push_front(out);
+    }
+
+    fn pop_front(&mut self) -> Option<Outgoing> {
+        let q = self.0.as_mut()?;
+        let out = q.items.pop_front()?;
+        q.bytes = q.bytes.saturating_sub(queued_size(&out));
+        Some(out)
+    }
+}
+
+/// A queue that takes one pointer until its first element (see [`LazyMap`]): packet ids to
+/// resend exist only after a reconnect.
+#[derive(Debug)]
+#[allow(clippy::box_collection)] // the box is the point: one pointer while empty
+pub struct LazyDeque<T>(Option<Box<VecDeque<T>>>);
+
+impl<T> Default for LazyDeque<T> {
+    fn default() -> Self {
+        LazyDeque(None)
+    }
+}
+
+impl<T> LazyDeque<T> {
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |q| q.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn pop_front(&mut self) -> Option<T> {
+        let q = self.0.as_mut()?;
+        let front = q.pop_front();
+        if q.is_empty() {
+            // Done resending: the queue goes with the last of them.
+            self.0 = None;
+        }
+        front
+    }
+
+    pub fn retain(&mut self, keep: impl FnMut(&T) -> bool) {
+        if let Some(q) = self.0.as_mut() {
+            q.retain(keep);
+        }
+    }
+}
+
+impl<T> FromIterator<T> for LazyDeque<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
+        let q: VecDeque<T> = iter.into_iter().collect();
+        LazyDeque((!q.is_empty()).then(|| Box::new(q)))
+    }
+}
+
 /// Payloads at least this large are sent as their own chunk (shared by every subscriber)
 /// instead of being copied behind the header; below it, one small copy beats an extra
 /// iovec.
@@ -520,7 +649,7 @@ impl Writer<'_> {
     }
 
     fn push(&mut self, conn: &mut Conn, bytes: Bytes) {
-        conn.pending_write += bytes.len();
+        conn.pending_write = conn.pending_write.saturating_add(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
         self.out.push((conn.id, bytes));
     }
 }
@@ -595,7 +724,7 @@ pub fn offer(
         return;
     };
     if out.qos == QoS::AtMostOnce {
-        if conn.pending_write > limits.max_write_buffer {
+        if conn.pending_write as usize > limits.max_write_buffer {
             stats.dropped_slow_qos0 += 1;
             return;
         }
@@ -755,7 +884,7 @@ fn send_publish(
             None => {}
         }
     }
-    if codec::publish_len(&p, conn.version) > conn.client_max_packet {
+    if codec::publish_len(&p, conn.version) > conn.client_max_packet as usize {
         stats.dropped_too_large += 1;
         return false;
     }

@@ -609,11 +609,11 @@ impl Stream {
         let (r, w) = stream.into_split();
         // The halves share the stream through monoio's `Rc`; a weak reference to it tells the
         // closer whether the descriptor is still open, with no allocation of its own.
-        let closer = Closer { fd, open: Rc::downgrade(&r.0) };
+        let closer = Closer { open: Rc::downgrade(&r.0) };
         Ok((
             ReadHalf {
                 inner: r,
-                next_room: READ_ROOM_START,
+                next_room: READ_ROOM_START as u32,
                 ready_streak: 0,
                 quiet: true,
                 first_done: false,
@@ -630,15 +630,18 @@ impl Stream {
 /// Shuts a connection down from outside its read and write tasks: a write blocked on a
 /// peer that stopped reading, or a read waiting on a silent peer, returns at once.
 pub struct Closer {
-    fd: std::os::fd::RawFd,
     /// The stream the halves share: alive while either half (and so the descriptor) is.
     open: std::rc::Weak<std::cell::UnsafeCell<monoio::net::TcpStream>>,
 }
 
 impl Closer {
     pub fn close(&self) {
-        if self.open.upgrade().is_some() {
-            let _ = shutdown(self.fd, std::net::Shutdown::Both);
+        use std::os::fd::AsRawFd;
+        if let Some(stream) = self.open.upgrade() {
+            // SAFETY: the stream is alive (upgraded); reading its descriptor takes no `&mut`
+            // and nothing else on this thread runs during this call.
+            let fd = unsafe { &*stream.get() }.as_raw_fd();
+            let _ = shutdown(fd, std::net::Shutdown::Both);
         }
     }
 }
@@ -656,9 +659,9 @@ fn shutdown(fd: std::os::fd::RawFd, how: std::net::Shutdown) -> io::Result<()> {
 pub struct ReadHalf {
     inner: OwnedReadHalf<monoio::net::TcpStream>,
     /// Room to give the next read when the caller's buffer has none (see [`ReadHalf::read`]).
-    next_room: usize,
+    next_room: u32,
     /// Reads in a row that completed without waiting (see [`ReadHalf::read`]).
-    ready_streak: u32,
+    ready_streak: u8,
     /// The connection looks quiet: a read given an empty buffer first waits until the
     /// socket is readable, and only then reserves room (see [`ReadHalf::read`]).
     quiet: bool,
@@ -673,7 +676,7 @@ pub struct ReadHalf {
 }
 
 /// Reads in a row that may complete without waiting before the reading task yields.
-const READY_STREAK_YIELD: u32 = 16;
+const READY_STREAK_YIELD: u8 = 16;
 
 /// Polls a future and notes whether it was ready at its first poll.
 struct NoteReady<F> {
@@ -793,7 +796,7 @@ impl ReadHalf {
                 }
             }
             if buf.capacity() - buf.len() < READ_ROOM_MIN {
-                buf.reserve(self.next_room);
+                buf.reserve(self.next_room as usize);
             }
             let (len, cap) = (buf.len(), buf.capacity());
             let room = cap - len;
@@ -819,9 +822,9 @@ impl ReadHalf {
             }
             if let Ok(n) = res {
                 if n >= room - room / 4 {
-                    self.next_room = (self.next_room * 2).min(READ_ROOM_MAX);
+                    self.next_room = (self.next_room * 2).min(READ_ROOM_MAX as u32);
                 } else if n < room / 4 {
-                    self.next_room = (self.next_room / 2).max(READ_ROOM_MIN);
+                    self.next_room = (self.next_room / 2).max(READ_ROOM_MIN as u32);
                 }
                 // The first read stays quiet: a client that sends CONNECT and then nothing is the
                 // idle connection this is for, and its CONNECT arrives right after the accept.

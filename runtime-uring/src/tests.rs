@@ -372,7 +372,7 @@ fn read_room_grows_for_bulk_data_and_shrinks_when_idle() {
             let (res, _) = r.read(BytesMut::new()).await;
             assert_eq!(res.expect("read"), 2);
         }
-        assert_eq!(r.next_room, READ_ROOM_MIN);
+        assert_eq!(r.next_room as usize, READ_ROOM_MIN);
         drop(tx);
         client.join().expect("client");
     });

@@ -84,8 +84,9 @@ pub struct Config {
     #[arg(long, env = "PROMPTMQ_AUTH_ACL_FILE")]
     pub acl_file: Option<PathBuf>,
 
-    /// Worker threads, one per core, each owning a shard of the topics (0 = number of CPUs).
-    #[arg(long, env = "PROMPTMQ_SERVER_CORES", default_value_t = 0)]
+    /// Worker threads, one per core, each owning a shard of the topics (0 = number of CPUs;
+    /// at most 1024).
+    #[arg(long, env = "PROMPTMQ_SERVER_CORES", default_value_t = 0, value_parser = parse_cores)]
     pub cores: usize,
 
     /// Directory for durable state; created if missing.
@@ -236,6 +237,17 @@ pub enum WalSyncMode {
     None,
 }
 
+fn parse_cores(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n <= MAX_CORES => Ok(n),
+        _ => Err(format!("expected a number of cores from 0 (one per CPU) to {MAX_CORES}")),
+    }
+}
+
+/// More cores than any machine this runs on has; the client-id registry packs a core number
+/// in 16 bits.
+pub const MAX_CORES: usize = 1024;
+
 fn parse_segment_size(s: &str) -> Result<u64, String> {
     let v = units::parse_size(s)?;
     if v < 65_536 || !v.is_multiple_of(4096) {
@@ -336,7 +348,7 @@ impl Config {
         if self.cores > 0 {
             self.cores
         } else {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(MAX_CORES)
         }
     }
 }

@@ -169,7 +169,7 @@ impl Core {
                 client_id: s.client_id.clone(),
                 version: s.version,
                 expiry_interval: s.expiry_interval,
-                disconnected_ms: if s.conn.is_some() { 0 } else { self.clock.unix_ms(now).max(1) },
+                disconnected_ms: if s.conn().is_some() { 0 } else { self.clock.unix_ms(now).max(1) },
                 subscriptions: s.subscriptions.iter().map(|(f, st)| (f.clone(), st.clone())).collect(),
                 watermarks: s.watermarks(),
                 incarnation: s.incarnation,
@@ -313,7 +313,7 @@ impl Core {
     /// subscriptions re-registered in the shards and the messages it was owed queued. The
     /// caller has already claimed its client id for this core in the registry.
     pub fn restore_session(&mut self, mut s: Session, disconnected: Instant) {
-        s.conn = None;
+        s.set_conn(None);
         s.persisted = true;
         if s.expiry_interval != u32::MAX {
             s.expires_at = Some(disconnected + Duration::from_secs(u64::from(s.expiry_interval)));

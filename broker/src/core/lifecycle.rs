@@ -71,7 +71,7 @@ impl Core {
         conn.client_id = client_id.clone();
         if self.config.use_identity_as_username {
             let identity = match &mut conn.phase {
-                Phase::AwaitingConnect { peer_identity } => peer_identity.take(),
+                Phase::AwaitingConnect { peer_identity } => peer_identity.take().map(|b| *b),
                 _ => None,
             };
             if let Some(name) = identity {
@@ -90,7 +90,8 @@ impl Core {
                     conn: id,
                     username: owned(username),
                     password: c.password.as_ref().map(owned),
-                    deadline: conn.accepted_at + crate::session::CONNECT_TIMEOUT,
+                    // The CONNECT deadline (see `Conn::timer_at`).
+                    deadline: conn.timer_at.unwrap_or(now + crate::session::CONNECT_TIMEOUT),
                 };
                 conn.phase = Phase::AwaitingLogin { connect: Box::new(c) };
                 self.actions.push(Action::CheckLogin(check));
@@ -161,7 +162,7 @@ impl Core {
             keep_alive = imposed;
             conn.server_keep_alive = Some(imposed);
         }
-        conn.keep_alive = Duration::from_secs(u64::from(keep_alive));
+        conn.keep_alive = keep_alive;
         conn.clean_start = c.clean_start;
         conn.will = c.will.map(|mut w| {
             w.topic = owned(&w.topic);
@@ -172,15 +173,15 @@ impl Core {
         if v5 {
             let p = &c.properties;
             conn.client_receive_max = p.receive_maximum.unwrap_or(u16::MAX);
-            conn.client_max_packet = p.maximum_packet_size.map_or(conn.client_max_packet, |m| m as usize);
+            conn.client_max_packet = p.maximum_packet_size.unwrap_or(conn.client_max_packet);
             conn.client_alias_max = p.topic_alias_maximum.unwrap_or(0);
             conn.session_expiry = p.session_expiry_interval.unwrap_or(0);
         } else {
             conn.session_expiry = if c.clean_start { 0 } else { u32::MAX };
         }
-        if !conn.keep_alive.is_zero() {
+        if conn.keep_alive > 0 {
             // Not keep_alive_deadline(): the phase is still AwaitingConnect here.
-            let deadline = now + conn.keep_alive * 3 / 2;
+            let deadline = now + Duration::from_millis(u64::from(conn.keep_alive) * 1500);
             if conn.timer_at.is_none_or(|t| deadline < t) {
                 conn.timer_at = Some(deadline);
                 self.conn_timers.push(Reverse((deadline, id)));
@@ -228,7 +229,7 @@ impl Core {
         // valid); its claim token moves on, so shards can tell newer routes from older.
         let repoint = session.claim != claim;
         session.claim = claim;
-        session.conn = Some(id);
+        session.set_conn(Some(id));
         session.version = conn.version;
         session.expiry_interval = conn.session_expiry;
         session.expires_at = None;
@@ -304,7 +305,7 @@ impl Core {
             // Yet another connection claimed the client id meanwhile; its takeover request
             // was deferred here and carries the session on.
             if let Some(t) = self.deferred_takeovers.remove(&s.client_id) {
-                s.conn = None;
+                s.set_conn(None);
                 self.sessions.insert(s.client_id.clone(), Box::new(s));
                 self.handle_message(t, now);
             } else {
@@ -314,7 +315,7 @@ impl Core {
             return;
         }
         s.claim = claim;
-        s.conn = None;
+        s.set_conn(None);
         s.expiry_interval = expiry;
         s.will = will;
         self.repoint_subscriptions(&s);
@@ -345,8 +346,8 @@ impl Core {
             }
             return;
         };
-        let was_connected = s.conn.is_some();
-        if let Some(old) = s.conn.take() {
+        let was_connected = s.conn().is_some();
+        if let Some(old) = s.take_conn() {
             // [MQTT-3.1.4-3]: the existing connection gets DISCONNECT 0x8E and is closed.
             if let Some(c) = self.conns.get_mut(&old) {
                 if c.version.is_v5() {
@@ -420,6 +421,12 @@ impl Core {
         if conn.timer_at != Some(due) {
             return;
         }
+        if conn.awaiting_connect() {
+            // The CONNECT deadline passed: however many bytes trickled in, no CONNECT was
+            // accepted in time.
+            tracing::debug!(conn = id, "no CONNECT in time");
+            return self.close(id, CloseWith { reason: Some(reason::KEEP_ALIVE_TIMEOUT), will: true }, now);
+        }
         conn.timer_at = None;
         let Some(deadline) = conn.keep_alive_deadline() else { return };
         if deadline <= now {
@@ -467,11 +474,11 @@ impl Core {
             Phase::AwaitingConnect { .. } | Phase::AwaitingLogin { .. } => return,
         }
         let Some(mut session) = self.sessions.remove(&conn.client_id) else { return };
-        if session.conn != Some(id) {
+        if session.conn() != Some(id) {
             self.sessions.insert(conn.client_id.clone(), session);
             return;
         }
-        session.conn = None;
+        session.set_conn(None);
         self.detach(*session, how.will, now);
     }
 
@@ -515,7 +522,7 @@ impl Core {
             return;
         }
         session.timer_at = None;
-        if session.conn.is_some() {
+        if session.conn().is_some() {
             return;
         }
         if session.expires_at.is_some_and(|t| t <= now) {

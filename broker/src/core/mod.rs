@@ -379,7 +379,7 @@ impl Core {
     pub fn set_peer_identity(&mut self, id: ConnId, name: Bytes) {
         if let Some(conn) = self.conns.get_mut(&id) {
             if let Phase::AwaitingConnect { peer_identity } = &mut conn.phase {
-                *peer_identity = Some(name);
+                *peer_identity = Some(Box::new(name));
             }
         }
     }
@@ -428,9 +428,9 @@ impl Core {
         }
         let (mut messages, mut bytes, mut sessions) = (0usize, 0usize, 0usize);
         for s in self.sessions.values_mut() {
-            if s.conn.is_some() && std::mem::take(&mut s.acked_since_check) {
+            if s.conn().is_some() && std::mem::take(&mut s.acked_since_check) {
                 messages += s.queue.len();
-                bytes += s.queued_bytes;
+                bytes += s.queue.bytes();
                 sessions += 1;
             }
         }
@@ -501,8 +501,12 @@ impl Core {
     pub fn on_accept(&mut self, now: Instant) -> ConnId {
         let id = self.next_conn;
         self.next_conn += 1;
-        self.conns.insert(id, Box::new(Conn::new(id, now)));
-        self.arm_conn_timer(id);
+        let conn = Conn::new(id, now);
+        // Its CONNECT deadline (`Conn::new` set `timer_at` to it).
+        if let Some(deadline) = conn.timer_at {
+            self.conn_timers.push(Reverse((deadline, id)));
+        }
+        self.conns.insert(id, Box::new(conn));
         self.stats.connections_accepted += 1;
         id
     }
@@ -564,14 +568,14 @@ impl Core {
 
     /// Bytes handed to the writer of this connection and not yet written.
     pub fn pending_write(&self, id: ConnId) -> usize {
-        self.conns.get(&id).map_or(0, |c| c.pending_write)
+        self.conns.get(&id).map_or(0, |c| c.pending_write as usize)
     }
 
     /// The writer wrote `n` bytes of this connection's queue.
     pub fn on_written(&mut self, id: ConnId, n: usize) {
         self.stats.bytes_out += n as u64;
         if let Some(c) = self.conns.get_mut(&id) {
-            c.pending_write = c.pending_write.saturating_sub(n);
+            c.pending_write = c.pending_write.saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
         }
     }
 

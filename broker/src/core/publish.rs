@@ -24,9 +24,7 @@ impl Core {
         }
         if rate > 0 {
             // The reader stops handing over packets while the bucket is in debt (on_bytes).
-            conn.rate_refill(rate, now);
-            conn.rate_tokens -= 1.0;
-            if conn.rate_tokens < 0.0 {
+            if conn.rate_take(rate, now) {
                 self.stats.rate_limited += 1;
             }
         }
@@ -65,7 +63,7 @@ impl Core {
         if qos != QoS::AtMostOnce {
             // Receive Maximum: unacknowledged QoS 1 plus unreleased QoS 2 [MQTT-3.3.4-7].
             // 3.1.1 has no Receive Maximum; the same bound keeps its state finite.
-            let in_use = conn.unacked_qos1 + session.incoming_qos2.len();
+            let in_use = conn.unacked_qos1 as usize + session.incoming_qos2.len();
             let duplicate_qos2 = qos == QoS::ExactlyOnce && session.incoming_qos2.contains_key(&pkid);
             if in_use >= max_inflight && !duplicate_qos2 {
                 return self.close(id, CloseWith { reason: Some(reason::RECEIVE_MAXIMUM_EXCEEDED), will: true }, now);
@@ -407,10 +405,10 @@ impl Core {
 
     pub(super) fn offer(&mut self, client_id: &Bytes, out: Outgoing, now: Instant) {
         let Some(session) = self.sessions.get_mut(client_id) else { return };
-        let conn = session.conn.and_then(|id| self.conns.get_mut(&id)).map(|c| &mut **c);
+        let conn = session.conn().and_then(|id| self.conns.get_mut(&id)).map(|c| &mut **c);
         let mut w = Writer { out: &mut self.writes, scratch: &mut self.scratch, cache: &mut self.fanout };
         session::offer(session, conn, out, self.limits, now, &mut w, &mut self.stats);
-        if session.queue.is_empty() || session.conn.is_none() {
+        if session.queue.is_empty() || session.conn().is_none() {
             return;
         }
         self.queued_since_check = true;
@@ -420,7 +418,7 @@ impl Core {
         if !self.overload_signalled
             && session.acked_since_check
             && (session.queue.len() > self.limits.max_queued / 4
-                || (self.limits.max_queued_bytes > 0 && session.queued_bytes > self.limits.max_queued_bytes / 4))
+                || (self.limits.max_queued_bytes > 0 && session.queue.bytes() > self.limits.max_queued_bytes / 4))
         {
             self.overload_signalled = true;
             self.actions.push(Action::Overloaded);
