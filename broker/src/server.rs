@@ -447,8 +447,9 @@ struct ConnIo {
     reader_done: Cell<bool>,
     /// The writer finished (the socket is closed or about to be).
     writer_done: Cell<bool>,
-    /// Rung by the writer after each write, for a reader waiting on a full write queue.
-    drained: LocalSignal,
+    /// Set by the writer after each write, for a reader waiting on a full write queue: the
+    /// two share a task, which polls the reader again when this is set (`run_connection`).
+    wrote: Cell<bool>,
     closer: rt::Closer,
     /// TLS and/or WebSocket between the socket and MQTT (`None`: plain MQTT). Boxed, so
     /// that plain connections pay one pointer for it.
@@ -458,7 +459,7 @@ struct ConnIo {
     counted: Cell<bool>,
     /// The socket's halves while the connection is parked: no task runs for it then (see
     /// [`PARK_SWEEP`]).
-    parked: RefCell<Option<(rt::ReadHalf, rt::WriteHalf)>>,
+    parked: Cell<Option<(rt::ReadHalf, rt::WriteHalf)>>,
     /// Read or written since the last parking sweep.
     active: Cell<bool>,
     /// A sweep found it idle: the reader parks it at its next idle wait, unless it is busy
@@ -497,6 +498,13 @@ impl ConnIo {
                 let l = l.borrow();
                 l.app.is_empty() && !l.transport.wants_write()
             })
+    }
+
+    fn is_parked(&self) -> bool {
+        let halves = self.parked.take();
+        let parked = halves.is_some();
+        self.parked.set(halves);
+        parked
     }
 
     /// Notes traffic: the connection is not idle.
@@ -723,7 +731,7 @@ fn serve(driver: &Rc<Driver>, stream: rt::Stream, kind: ListenerKind) {
         closing: Cell::new(false),
         reader_done: Cell::new(false),
         writer_done: Cell::new(false),
-        drained: LocalSignal::default(),
+        wrote: Cell::new(false),
         closer,
         transport: driver
             .shared
@@ -731,7 +739,7 @@ fn serve(driver: &Rc<Driver>, stream: rt::Stream, kind: ListenerKind) {
             .for_kind(kind)
             .map(|transport| Box::new(RefCell::new(Layer { transport, app: BytesMut::new(), identified: false }))),
         counted: Cell::new(true),
-        parked: RefCell::new(None),
+        parked: Cell::new(None),
         active: Cell::new(true),
         park_requested: Cell::new(false),
         writer_idle: Cell::new(false),
@@ -783,9 +791,10 @@ fn run_connection(
                             writer.set(None);
                         }
                     }
-                    // The writer may just have become idle (its last write, a CONNACK, done):
-                    // a reader waiting to park sees that only when polled again.
-                    if io.may_park() {
+                    // The writer may just have made room in the write queue, or become idle
+                    // (its last write, a CONNACK, done): a reader waiting for either sees it
+                    // only when polled again.
+                    if io.wrote.replace(false) || io.may_park() {
                         if let Some(half) = reader.as_mut().as_pin_mut() {
                             match half.poll(cx) {
                                 std::task::Poll::Ready(true) => return std::task::Poll::Ready(true),
@@ -812,8 +821,7 @@ fn run_connection(
                     // Nothing may keep this task alive once it ends: a waker is a reference
                     // to it.
                     io.signal.forget_waiter();
-                    io.drained.forget_waiter();
-                    *io.parked.borrow_mut() = Some((r, w));
+                    io.parked.set(Some((r, w)));
                     driver.parked_count.set(driver.parked_count.get() + 1);
                     return;
                 }
@@ -974,7 +982,17 @@ fn read_loop<'a>(
             // A client that sends but does not read (PINGREQs, QoS 1 publishes whose PUBACKs
             // pile up) is not read from while its write queue is over the limit.
             while !io.closing.get() && driver.core.borrow().pending_write(id) > driver.shared.config.max_write_buffer {
-                io.drained.wait().await;
+                // Until the writer, which shares this task, has written something: the task is
+                // woken by the write, and `run_connection` polls the reader again after it.
+                let mut waited = false;
+                std::future::poll_fn(|_| {
+                    if std::mem::replace(&mut waited, true) {
+                        std::task::Poll::Ready(())
+                    } else {
+                        std::task::Poll::Pending
+                    }
+                })
+                .await;
             }
             // Only publishers wait, in both cases: they bring the new work, and subscribers'
             // acknowledgements are what drains queues (a subscriber not read while its
@@ -1060,7 +1078,7 @@ fn write_loop<'a>(
             // first read stands (the CONNACK it waited for has just gone out).
             io.active.set(true);
             driver.core.borrow_mut().on_written(id, n);
-            io.drained.signal();
+            io.wrote.set(true);
             if res.is_err() {
                 driver.core.borrow_mut().on_closed(id, Instant::now());
                 driver.dispatch();
@@ -1083,7 +1101,7 @@ fn write_loop<'a>(
         }
         let _ = w.close();
         io.writer_done.set(true);
-        io.drained.signal();
+        io.wrote.set(true);
         driver.conns.borrow_mut().remove(&id);
         io.release_slot(&driver.shared);
     }
@@ -1319,7 +1337,7 @@ impl Driver {
     /// A parked connection the core has something for gets its task back (from
     /// [`unpark_loop`], which can start tasks).
     fn wake_parked(&self, id: ConnId, io: &ConnIo) {
-        if io.parked.borrow().is_some() {
+        if io.is_parked() {
             self.to_unpark.borrow_mut().push(id);
             self.unpark_signal.signal();
         }
@@ -1328,7 +1346,7 @@ impl Driver {
     /// Starts the task of a parked connection again.
     fn unpark(self: &Rc<Self>, id: ConnId) {
         let Some(io) = self.conns.borrow().get(&id).cloned() else { return };
-        let Some((mut r, w)) = io.parked.borrow_mut().take() else { return };
+        let Some((mut r, w)) = io.parked.take() else { return };
         r.resume_after_idle();
         self.parked_count.set(self.parked_count.get().saturating_sub(1));
         if let Some(parker) = &self.parker {
@@ -1342,7 +1360,7 @@ impl Driver {
     /// (see [`PARK_SWEEP`]); their tasks are woken so that the reader sees the request.
     fn sweep_idle(&self) {
         for io in self.conns.borrow().values() {
-            if io.closing.get() || io.parked.borrow().is_some() || io.active.replace(false) {
+            if io.closing.get() || io.is_parked() || io.active.replace(false) {
                 continue;
             }
             if !io.park_requested.replace(true) {

@@ -87,7 +87,7 @@ pub struct Session {
     pub version: ProtocolVersion,
     /// Seconds after disconnect; `u32::MAX` never expires.
     pub expiry_interval: u32,
-    pub expires_at: Option<Instant>,
+    pub expires_at: Moment,
     /// Keyed by the full filter as subscribed (including any `$share/group/` prefix).
     pub subscriptions: LazyMap<Bytes, StoredSubscription>,
     pub inflight: LazyMap<u16, Inflight, BrokerKeys>,
@@ -111,9 +111,9 @@ pub struct Session {
     /// a `Will` is 472 bytes, and most sessions have none.
     pub will: Option<Box<Will>>,
     /// When a delayed will becomes due (connection lost, will delay running).
-    pub will_due: Option<Instant>,
+    pub will_due: Moment,
     /// Due time of this session's one live timer-heap entry.
-    pub timer_at: Option<Instant>,
+    pub timer_at: Moment,
     /// Per shard, the highest log sequence number offered to this session.
     pub seen: LazyMap<usize, u64, BrokerKeys>,
     /// Whether a snapshot of this session is in a log (so its end must be logged too).
@@ -146,7 +146,7 @@ impl Session {
             conn: None,
             version,
             expiry_interval: 0,
-            expires_at: None,
+            expires_at: Moment::NONE,
             subscriptions: LazyMap::default(),
             inflight: LazyMap::default(),
             resend: LazyDeque::default(),
@@ -156,8 +156,8 @@ impl Session {
             incoming_qos2: LazyMap::default(),
             incarnation: new_incarnation(),
             will: None,
-            will_due: None,
-            timer_at: None,
+            will_due: Moment::NONE,
+            timer_at: Moment::NONE,
             seen: LazyMap::default(),
             persisted: false,
             progress_dirty: false,
@@ -202,7 +202,7 @@ impl Session {
 
     /// The earliest instant at which a timer of this session (will delay, expiry) is due.
     pub fn next_due(&self) -> Option<Instant> {
-        match (self.will_due, self.expires_at) {
+        match (self.will_due.get(), self.expires_at.get()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -285,13 +285,13 @@ pub struct Conn {
     pub id: ConnId,
     /// Due time of this connection's one live timer-heap entry. Until CONNECT is accepted,
     /// that is the CONNECT deadline (see [`Conn::keep_alive_deadline`]).
-    pub timer_at: Option<Instant>,
+    pub timer_at: Moment,
     pub phase: Phase,
     pub version: ProtocolVersion,
     pub client_id: Bytes,
     /// Seconds; 0: none.
     pub keep_alive: u16,
-    pub last_seen: Instant,
+    pub last_seen: Moment,
     /// The client's Receive Maximum: our outbound window [MQTT-3.3.4-7].
     pub client_receive_max: u16,
     /// The client's Maximum Packet Size.
@@ -333,12 +333,12 @@ impl Conn {
     pub fn new(id: ConnId, now: Instant) -> Conn {
         Conn {
             id,
-            timer_at: Some(now + CONNECT_TIMEOUT),
+            timer_at: Moment::at(now + CONNECT_TIMEOUT),
             phase: Phase::AwaitingConnect { peer_identity: None },
             version: ProtocolVersion::V311,
             client_id: Bytes::new(),
             keep_alive: 0,
-            last_seen: now,
+            last_seen: Moment::at(now),
             client_receive_max: u16::MAX,
             client_max_packet: (codec::MAX_REMAINING_LENGTH + 5) as u32,
             client_alias_max: 0,
@@ -390,9 +390,10 @@ impl Conn {
     /// waiting behind many others gives up).
     pub fn keep_alive_deadline(&self) -> Option<Instant> {
         if self.awaiting_connect() {
-            return self.timer_at;
+            return self.timer_at.get();
         }
-        (self.keep_alive > 0).then(|| self.last_seen + Duration::from_millis(u64::from(self.keep_alive) * 1500))
+        let last_seen = self.last_seen.get()?;
+        (self.keep_alive > 0).then(|| last_seen + Duration::from_millis(u64::from(self.keep_alive) * 1500))
     }
 }
 
@@ -493,6 +494,35 @@ impl<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher + Default> FromIterat
         } else {
             LazyMap(Some(Box::new(map)))
         }
+    }
+}
+
+/// An optional point in time in 8 bytes, where an `Option<Instant>` takes 16: nanoseconds
+/// since a process-wide origin, 0 for none. Every connection and session holds a few, and
+/// idle ones are most of a broker's memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Moment(u64);
+
+/// An hour before the first use: instants a little older than that (an earlier `now` held
+/// by a caller) still convert exactly.
+fn moment_origin() -> Instant {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *ORIGIN.get_or_init(|| {
+        let now = Instant::now();
+        now.checked_sub(Duration::from_secs(3600)).unwrap_or(now)
+    })
+}
+
+impl Moment {
+    pub const NONE: Moment = Moment(0);
+
+    pub fn at(t: Instant) -> Moment {
+        let nanos = t.saturating_duration_since(moment_origin()).as_nanos();
+        Moment(u64::try_from(nanos).unwrap_or(u64::MAX).max(1))
+    }
+
+    pub fn get(self) -> Option<Instant> {
+        (self.0 != 0).then(|| moment_origin() + Duration::from_nanos(self.0))
     }
 }
 

@@ -26,7 +26,7 @@ use crate::config::{Config, WalSyncMode};
 use crate::core::Journal;
 use crate::message::SharedMessage;
 use crate::persist::{self, Record, SessionRecord, WallClock};
-use crate::session::{Limits, LoggedExchange, Outgoing, Session};
+use crate::session::{Limits, LoggedExchange, Moment, Outgoing, Session};
 use crate::stats::Stats;
 use crate::topic;
 
@@ -263,7 +263,7 @@ fn session_from(rec: SessionRecord, clock: &WallClock, now: Instant) -> Session 
         // 3.1.2.5: the will is published when the network connection closes without one).
         let delay = Duration::from_secs(u64::from(will.properties.will_delay_interval.unwrap_or(0)));
         s.will_due =
-            Some(if due_ms != 0 && rec.disconnected_ms != 0 { clock.instant(due_ms, now) } else { now + delay });
+            Moment::at(if due_ms != 0 && rec.disconnected_ms != 0 { clock.instant(due_ms, now) } else { now + delay });
         s.will = Some(will);
     }
     s

@@ -700,7 +700,7 @@ impl<F: Future + Unpin> Future for NoteReady<F> {
 
 /// Bounds of the room a read gets when the caller's buffer has none.
 const READ_ROOM_MIN: usize = 512;
-const READ_ROOM_START: usize = 2 * 1024;
+const READ_ROOM_START: usize = 512;
 const READ_ROOM_MAX: usize = 64 * 1024;
 /// A read that completes less than this long after the one before (or brings at least
 /// [`READ_ROOM_MIN`]) is a busy one. Measured on the coarse clock, so in effect "within one

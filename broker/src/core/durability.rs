@@ -174,7 +174,7 @@ impl Core {
                 watermarks: s.watermarks(),
                 incarnation: s.incarnation,
                 will: s.will.as_deref().map(|w| {
-                    let due_ms = s.will_due.map_or(0, |t| self.clock.unix_ms(t).max(1));
+                    let due_ms = s.will_due.get().map_or(0, |t| self.clock.unix_ms(t).max(1));
                     (Box::new(w.clone()), due_ms)
                 }),
             };
@@ -316,7 +316,7 @@ impl Core {
         s.set_conn(None);
         s.persisted = true;
         if s.expiry_interval != u32::MAX {
-            s.expires_at = Some(disconnected + Duration::from_secs(u64::from(s.expiry_interval)));
+            s.expires_at = Moment::at(disconnected + Duration::from_secs(u64::from(s.expiry_interval)));
         }
         self.repoint_subscriptions(&s);
         self.park_session(s, disconnected);

@@ -91,7 +91,7 @@ impl Core {
                     username: owned(username),
                     password: c.password.as_ref().map(owned),
                     // The CONNECT deadline (see `Conn::timer_at`).
-                    deadline: conn.timer_at.unwrap_or(now + crate::session::CONNECT_TIMEOUT),
+                    deadline: conn.timer_at.get().unwrap_or(now + crate::session::CONNECT_TIMEOUT),
                 };
                 conn.phase = Phase::AwaitingLogin { connect: Box::new(c) };
                 self.actions.push(Action::CheckLogin(check));
@@ -182,9 +182,9 @@ impl Core {
         if conn.keep_alive > 0 {
             // Not keep_alive_deadline(): the phase is still AwaitingConnect here.
             let deadline = now + Duration::from_millis(u64::from(conn.keep_alive) * 1500);
-            if conn.timer_at.is_none_or(|t| deadline < t) {
-                conn.timer_at = Some(deadline);
-                self.conn_timers.push(Reverse((deadline, id)));
+            if conn.timer_at.get().is_none_or(|t| deadline < t) {
+                conn.timer_at = Moment::at(deadline);
+                self.conn_timers.push(Reverse((Moment::at(deadline), id)));
             }
         }
         let claim = self.registry.claim(&client_id, self.id);
@@ -232,12 +232,12 @@ impl Core {
         session.set_conn(Some(id));
         session.version = conn.version;
         session.expiry_interval = conn.session_expiry;
-        session.expires_at = None;
+        session.expires_at = Moment::NONE;
         session.will = conn.will.take();
-        session.will_due = None;
+        session.will_due = Moment::NONE;
         session.acl = conn.acl.clone();
         // Any heap entry for the session (possibly on another core's heap) is now stale.
-        session.timer_at = None;
+        session.timer_at = Moment::NONE;
         // A release logged for the old connection answers that connection only: a PUBREL
         // resent on this one logs it again.
         for x in session.incoming_qos2.values_mut().flatten() {
@@ -374,8 +374,8 @@ impl Core {
             }
         }
         s.will = None;
-        s.will_due = None;
-        s.timer_at = None;
+        s.will_due = Moment::NONE;
+        s.timer_at = Moment::NONE;
         if ends {
             self.end_session(*s, now);
             self.send(new_core, CoreMsg::Handoff { client_id, conn, claim: new_claim, session: None });
@@ -410,15 +410,15 @@ impl Core {
     pub(super) fn arm_conn_timer(&mut self, id: ConnId) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
         let Some(deadline) = conn.keep_alive_deadline() else { return };
-        if conn.timer_at.is_none_or(|t| deadline < t) {
-            conn.timer_at = Some(deadline);
-            self.conn_timers.push(Reverse((deadline, id)));
+        if conn.timer_at.get().is_none_or(|t| deadline < t) {
+            conn.timer_at = Moment::at(deadline);
+            self.conn_timers.push(Reverse((Moment::at(deadline), id)));
         }
     }
 
-    pub(super) fn check_keep_alive(&mut self, id: ConnId, due: Instant, now: Instant) {
+    pub(super) fn check_keep_alive(&mut self, id: ConnId, due: Moment, now: Instant) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
-        if conn.timer_at != Some(due) {
+        if conn.timer_at != due {
             return;
         }
         if conn.awaiting_connect() {
@@ -427,7 +427,7 @@ impl Core {
             tracing::debug!(conn = id, "no CONNECT in time");
             return self.close(id, CloseWith { reason: Some(reason::KEEP_ALIVE_TIMEOUT), will: true }, now);
         }
-        conn.timer_at = None;
+        conn.timer_at = Moment::NONE;
         let Some(deadline) = conn.keep_alive_deadline() else { return };
         if deadline <= now {
             tracing::debug!(conn = id, "keep-alive timeout");
@@ -496,14 +496,14 @@ impl Core {
                     self.publish_will(&session.client_id, w, now);
                 }
             } else {
-                session.will_due = Some(now + Duration::from_secs(u64::from(delay)));
+                session.will_due = Moment::at(now + Duration::from_secs(u64::from(delay)));
             }
         }
         if session.expiry_interval == 0 {
             self.end_session(session, now);
         } else {
             if session.expiry_interval != u32::MAX {
-                session.expires_at = Some(now + Duration::from_secs(u64::from(session.expiry_interval)));
+                session.expires_at = Moment::at(now + Duration::from_secs(u64::from(session.expiry_interval)));
             }
             self.park_session(session, now);
         }
@@ -518,21 +518,21 @@ impl Core {
 
     pub(super) fn check_session(&mut self, client_id: &Bytes, due: Instant, now: Instant) {
         let Some(session) = self.sessions.get_mut(client_id) else { return };
-        if session.timer_at != Some(due) {
+        if session.timer_at.get() != Some(due) {
             return;
         }
-        session.timer_at = None;
+        session.timer_at = Moment::NONE;
         if session.conn().is_some() {
             return;
         }
-        if session.expires_at.is_some_and(|t| t <= now) {
+        if session.expires_at.get().is_some_and(|t| t <= now) {
             if let Some(s) = self.sessions.remove(client_id) {
                 self.end_session(*s, now);
             }
             return;
         }
-        if session.will_due.is_some_and(|t| t <= now) {
-            session.will_due = None;
+        if session.will_due.get().is_some_and(|t| t <= now) {
+            session.will_due = Moment::NONE;
             if let Some(w) = session.will.take() {
                 let cid = session.client_id.clone();
                 self.publish_will(&cid, w, now);

@@ -35,7 +35,8 @@ use crate::persist::{self, WallClock};
 use crate::registry::Registry;
 use crate::router::{RetainedStore, SessionRef, Subscriber, SubscriptionIndex, Target};
 use crate::session::{
-    self, Conn, ConnId, FanoutCache, Limits, LoggedExchange, Outgoing, Phase, Session, StoredSubscription, Writer,
+    self, Conn, ConnId, FanoutCache, Limits, LoggedExchange, Moment, Outgoing, Phase, Session, StoredSubscription,
+    Writer,
 };
 use crate::stats::Stats;
 use crate::topic;
@@ -180,7 +181,7 @@ enum Pending {
 }
 
 /// Timers of sessions and of moved sessions' tombstones. Connections' keep-alive (and
-/// CONNECT) deadlines have a heap of their own, [`Core::conn_timers`], with entries a third
+/// CONNECT) deadlines have a heap of their own, [`Core::conn_timers`], with entries under a third
 /// the size: every idle connection has one or two.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
@@ -251,7 +252,7 @@ pub struct Core {
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     /// Keep-alive and CONNECT deadlines; an entry is live if it is its connection's
     /// `timer_at`.
-    conn_timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    conn_timers: BinaryHeap<Reverse<(Moment, ConnId)>>,
     local_inbox: VecDeque<CoreMsg>,
     actions: Vec<Action>,
     /// [`Action::Overloaded`] was emitted since the last [`Core::overload_level`].
@@ -503,8 +504,8 @@ impl Core {
         self.next_conn += 1;
         let conn = Conn::new(id, now);
         // Its CONNECT deadline (`Conn::new` set `timer_at` to it).
-        if let Some(deadline) = conn.timer_at {
-            self.conn_timers.push(Reverse((deadline, id)));
+        if let Some(deadline) = conn.timer_at.get() {
+            self.conn_timers.push(Reverse((Moment::at(deadline), id)));
         }
         self.conns.insert(id, Box::new(conn));
         self.stats.connections_accepted += 1;
@@ -530,7 +531,7 @@ impl Core {
                 // checked: the rest waits in the buffer, and reading waits (see `read_pause`).
                 break;
             }
-            conn.last_seen = now;
+            conn.last_seen = Moment::at(now);
             let version = match conn.phase {
                 Phase::AwaitingConnect { .. } => None,
                 _ => Some(conn.version),
@@ -604,8 +605,9 @@ impl Core {
             self.check_retention(now);
             self.next_retention_check = Some(now + RETENTION_CHECK);
         }
+        let until = Moment::at(now);
         while let Some(&Reverse((due, id))) = self.conn_timers.peek() {
-            if due > now {
+            if due > until {
                 break;
             }
             self.conn_timers.pop();
@@ -631,7 +633,7 @@ impl Core {
     /// The earliest timer, so the driver knows when to tick next.
     pub fn next_deadline(&self) -> Option<Instant> {
         let session = self.timers.peek().map(|Reverse((t, _))| *t);
-        let conn = self.conn_timers.peek().map(|Reverse((t, _))| *t);
+        let conn = self.conn_timers.peek().and_then(|Reverse((t, _))| t.get());
         match (session, conn) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -747,13 +749,13 @@ impl Core {
     fn prune_timers(&mut self) {
         if self.conn_timers.len() > 2 * self.conns.len() + 1024 {
             let conns = &self.conns;
-            self.conn_timers.retain(|Reverse((due, id))| conns.get(id).is_some_and(|c| c.timer_at == Some(*due)));
+            self.conn_timers.retain(|Reverse((due, id))| conns.get(id).is_some_and(|c| c.timer_at == *due));
         }
         if self.timers.len() > 2 * (self.sessions.len() + self.moved.len()) + 1024 {
             let sessions = &self.sessions;
             let moved = &self.moved;
             self.timers.retain(|Reverse((due, t))| match t {
-                Timer::Session(id) => sessions.get(id).is_some_and(|s| s.timer_at == Some(*due)),
+                Timer::Session(id) => sessions.get(id).is_some_and(|s| s.timer_at.get() == Some(*due)),
                 Timer::Tombstone(id) => moved.contains_key(id),
             });
         }
@@ -819,8 +821,8 @@ impl Core {
 /// Keeps one live heap entry per session (see `Core::arm_conn_timer`).
 fn arm_session_timer(session: &mut Session, timers: &mut BinaryHeap<Reverse<(Instant, Timer)>>) {
     if let Some(due) = session.next_due() {
-        if session.timer_at.is_none_or(|t| due < t) {
-            session.timer_at = Some(due);
+        if session.timer_at.get().is_none_or(|t| due < t) {
+            session.timer_at = Moment::at(due);
             timers.push(Reverse((due, Timer::Session(session.client_id.clone()))));
         }
     }
