@@ -552,6 +552,8 @@ struct Driver {
     to_unpark: RefCell<Vec<ConnId>>,
     unpark_signal: LocalSignal,
     parked_count: Cell<u64>,
+    /// When [`Driver::update_overload`] last ran.
+    overload_checked: Cell<Instant>,
 }
 
 async fn run_core(index: usize, shared: Arc<Shared>, start: Option<CoreStart>) {
@@ -590,6 +592,7 @@ async fn run_core(index: usize, shared: Arc<Shared>, start: Option<CoreStart>) {
         to_unpark: RefCell::new(Vec::new()),
         unpark_signal: LocalSignal::default(),
         parked_count: Cell::new(0),
+        overload_checked: Cell::new(Instant::now()),
         shared,
     });
     rt::spawn_local(drain_inbox(Rc::clone(&driver)));
@@ -962,7 +965,7 @@ fn read_loop<'a>(
                 },
             }
             let after = driver.core.borrow().publishes_received();
-            let (published, published_reliable) = (after.0 != before.0, after.1 != before.1);
+            let published = after.0 != before.0;
             // Even with no room left, an emptied buffer may still share its allocation with
             // the packets split off it: replacing it lets that go with them.
             if buf.is_empty() {
@@ -1002,13 +1005,16 @@ fn read_loop<'a>(
                 driver.retry_overflow();
                 driver.update_congestion();
             }
-            if published_reliable {
+            if published {
                 let until = Instant::now() + OVERLOAD_PAUSE;
                 while driver.shared.overloaded.load(Ordering::Acquire) > 0
                     && !io.closing.get()
                     && Instant::now() < until
                 {
                     rt::sleep(Duration::from_millis(1)).await;
+                    // Backlogs drain in milliseconds once publishers wait: look again now,
+                    // not at the next tick (at most once a millisecond per core).
+                    driver.update_overload_soon();
                 }
             }
         }
@@ -1404,8 +1410,21 @@ impl Driver {
     }
 
     /// Sets or clears this core's overload mark (see [`crate::core::OVERLOAD_BACKLOG`]).
+    fn update_overload_soon(&self) {
+        let now = Instant::now();
+        if now.saturating_duration_since(self.overload_checked.get()) >= Duration::from_millis(1) {
+            self.overload_checked.set(now);
+            let level = self.core.borrow_mut().overload_level_now();
+            self.apply_overload(level);
+        }
+    }
+
     fn update_overload(&self) {
         let level = self.core.borrow_mut().overload_level();
+        self.apply_overload(level);
+    }
+
+    fn apply_overload(&self, level: f64) {
         if level > 1.0 {
             self.set_overloaded();
         } else if self.overloaded.get() && level < 0.25 {

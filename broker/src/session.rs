@@ -316,6 +316,10 @@ pub struct Conn {
     pub acl: Option<Arc<ClientAcl>>,
     /// Set when the connection limit was reached at accept: the CONNECT is refused so.
     pub refuse_with: Option<u8>,
+    /// The core's tick count (wrapping) when bytes were last written to the client, plus
+    /// one (0: never): a client written to lately is reading, and its write backlog drains,
+    /// as opposed to one that stopped reading (see `Core::overload_level`).
+    pub written_tick: u16,
     /// Publish rate limit (`mqtt.max-publish-rate`), from the first publish on; boxed, as
     /// most brokers set no limit.
     pub rate: Option<Box<RateBucket>>,
@@ -353,6 +357,7 @@ impl Conn {
             assigned_client_id: false,
             acl: None,
             refuse_with: None,
+            written_tick: 0,
             rate: None,
         }
     }

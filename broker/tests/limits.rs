@@ -248,3 +248,89 @@ async fn a_subscriber_that_stopped_acknowledging_does_not_slow_publishers() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(overloads(metrics), 0.0, "a stalled subscriber's queue was taken for overload");
 }
+
+fn slow_qos0_drops(metrics: u16) -> f64 {
+    let (status, body) = http_get(metrics, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    sample(&body, "promptmq_messages_dropped_total{reason=\"slow_qos0\"}")
+        .unwrap_or_else(|| panic!("no slow_qos0 in\n{body}"))
+}
+
+/// A broker with the default write buffers (4 MiB), with metrics.
+async fn broker_with_metrics() -> (Broker, u16) {
+    let metrics = free_port();
+    let bind = format!("127.0.0.1:{metrics}");
+    let broker = BrokerOpts::new().extra_args(&["--metrics-enabled", "true", "--metrics-bind", &bind]).start().await;
+    (broker, metrics)
+}
+
+/// Sends `count` QoS 0 messages of 1 KiB (the first bytes: the sequence number) as fast as
+/// the broker reads them; returns how long that took.
+async fn publish_qos0_flood(port: u16, id: &str, topic: &str, count: u32) -> Duration {
+    let (mut p, _) = Raw::connect5_ok(port, connect5(id, true)).await;
+    let started = Instant::now();
+    let mut batch = bytes::BytesMut::new();
+    for i in 0..count {
+        let mut payload = format!("{i:010}").into_bytes();
+        payload.resize(1024, b'.');
+        publish5(topic, QoS::AtMostOnce, 0, false, &payload).write(&mut batch).expect("encode");
+        if batch.len() > 64 * 1024 || i + 1 == count {
+            p.send_bytes(&batch).await.expect("send publishes");
+            batch.clear();
+        }
+    }
+    let elapsed = started.elapsed();
+    p.disconnect5(v5::DisconnectReasonCode::NormalDisconnection).await;
+    elapsed
+}
+
+/// QoS 0 has no queue: what a subscriber has not read yet waits in its write buffer, and
+/// beyond `mqtt.max-write-buffer` it is dropped. A subscriber that reads, only more slowly
+/// than a publisher sends, makes that publisher wait instead (overload, as for QoS 1): every
+/// message arrives, in order, nothing is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos0_subscriber_that_reads_slowly_slows_publishers_instead_of_losing_messages() {
+    skip_on_mosquitto!("promptmq's overload protection");
+    let (broker, metrics) = broker_with_metrics().await;
+    const COUNT: u32 = 30_000;
+    let (mut sub, _) = Raw::connect5_ok(broker.port(), connect5("slow0-sub", true)).await;
+    sub.sub5(1, "slow0/t", QoS::AtMostOnce).await;
+    // Reads 64 messages (64 KiB), then pauses 10 ms: about 6 MB/s, well below the publisher
+    // (30 MB in all: far more than the write buffer and the sockets hold).
+    let subscriber = tokio::spawn(async move {
+        let mut expected = 0u32;
+        while expected < COUNT {
+            for _ in 0..64 {
+                let Ok(f) = sub.read_frame(Duration::from_secs(5)).await else { return expected };
+                if let v5::Packet::Publish(p) = f.v5() {
+                    assert_eq!(&p.payload[..10], format!("{expected:010}").as_bytes(), "in order, none lost");
+                    expected += 1;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        expected
+    });
+    publish_qos0_flood(broker.port(), "slow0-pub", "slow0/t", COUNT).await;
+    let delivered = within(Duration::from_secs(60), "the subscriber reads on", subscriber).await.expect("subscriber");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(slow_qos0_drops(metrics), 0.0, "QoS 0 dropped for a subscriber that was reading");
+    assert_eq!(delivered, COUNT, "every message delivered");
+    assert!(overloads(metrics) >= 1.0, "the subscriber's write backlog never counted as overload");
+}
+
+/// A QoS 0 subscriber that stopped reading does not slow publishers down: what does not fit
+/// its write buffer is dropped (and counted), by QoS 0's rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos0_subscriber_that_stopped_reading_does_not_slow_publishers() {
+    skip_on_mosquitto!("promptmq's overload protection");
+    let (broker, metrics) = broker_with_metrics().await;
+    let (mut sub, _) = Raw::connect5_ok(broker.port(), connect5("stall0-sub", true)).await;
+    sub.sub5(1, "stall0/t", QoS::AtMostOnce).await;
+    // 30 MB at a publisher paused 50 ms per read would take 20 s and more.
+    let took = publish_qos0_flood(broker.port(), "stall0-pub", "stall0/t", 30_000).await;
+    assert!(took < Duration::from_secs(5), "the publisher was held back for {took:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(slow_qos0_drops(metrics) > 0.0, "nothing dropped for a subscriber that reads nothing");
+    drop(sub);
+}

@@ -261,6 +261,14 @@ pub struct Core {
     /// [`Core::overload_level`]; without one there is no backlog to measure, and the walk
     /// over every session is skipped (an idle core with many sessions does no work per tick).
     queued_since_check: bool,
+    /// Likewise for a connection's write backlog (QoS 0 has no queue: what a subscriber has
+    /// not read yet waits in its write buffer).
+    backlogged_since_check: bool,
+    /// The session-queue part of the overload level, as of the last tick (see
+    /// [`Core::overload_level`]); between ticks only the write-backlog part is measured again.
+    queue_level: f64,
+    /// Ticks so far (wrapping; see `Conn::written_tick`).
+    ticks: u16,
     writes: Vec<(ConnId, Bytes)>,
     scratch: BytesMut,
     fanout: FanoutCache,
@@ -345,6 +353,9 @@ impl Core {
             actions: Vec::new(),
             overload_signalled: false,
             queued_since_check: false,
+            backlogged_since_check: false,
+            queue_level: 0.0,
+            ticks: 0,
             writes: Vec::new(),
             scratch: BytesMut::with_capacity(4096),
             fanout: FanoutCache::default(),
@@ -424,6 +435,44 @@ impl Core {
     /// [`OVERLOAD_BACKLOG`] messages. Walks every session.
     pub fn overload_level(&mut self) -> f64 {
         self.overload_signalled = false;
+        self.queue_level = self.queue_level();
+        self.queue_level.max(self.write_backlog_level())
+    }
+
+    /// The overload level between ticks: the session-queue part as of the last tick, the
+    /// write backlogs measured now. Write backlogs drain within milliseconds once publishers
+    /// wait, and publishers must not wait for the next tick to learn it.
+    pub fn overload_level_now(&mut self) -> f64 {
+        self.overload_signalled = false;
+        self.queue_level.max(self.write_backlog_level())
+    }
+
+    /// QoS 0 has no queue: what a subscriber has not read yet waits in its write buffer.
+    /// The bytes waiting for clients that are reading (written to since the last tick),
+    /// against half of what their buffers may hold (QoS 0 to them is dropped beyond
+    /// `mqtt.max-write-buffer`). A client that stopped reading does not count, as above.
+    fn write_backlog_level(&mut self) -> f64 {
+        if !std::mem::take(&mut self.backlogged_since_check) {
+            return 0.0;
+        }
+        let (mut bytes, mut conns) = (0usize, 0usize);
+        for c in self.conns.values() {
+            if reading(c, self.ticks) && c.pending_write > 0 {
+                bytes += c.pending_write as usize;
+                conns += 1;
+            }
+        }
+        if conns == 0 {
+            return 0.0;
+        }
+        let limit = (conns.saturating_mul(self.limits.max_write_buffer) / 2).max(1);
+        let level = bytes as f64 / limit as f64;
+        // Still backlogged: look again next time.
+        self.backlogged_since_check = level > 0.0;
+        level
+    }
+
+    fn queue_level(&mut self) -> f64 {
         if !std::mem::take(&mut self.queued_since_check) {
             return 0.0;
         }
@@ -577,6 +626,9 @@ impl Core {
         self.stats.bytes_out += n as u64;
         if let Some(c) = self.conns.get_mut(&id) {
             c.pending_write = c.pending_write.saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
+            if n > 0 {
+                c.written_tick = self.ticks.wrapping_add(1).max(1);
+            }
         }
     }
 
@@ -588,6 +640,7 @@ impl Core {
 
     /// Time passed: keep-alive, will delay, session expiry.
     pub fn on_tick(&mut self, now: Instant) {
+        self.ticks = self.ticks.wrapping_add(1);
         self.prune_timers();
         self.on_durable(now);
         if self.next_retained_sweep.is_none_or(|t| t <= now) {
@@ -819,6 +872,16 @@ impl Core {
 }
 
 /// Keeps one live heap entry per session (see `Core::arm_conn_timer`).
+/// Ticks (of 50 ms) a client may go without any write to it completing and still count as
+/// reading: a large write to a slow reader takes a while, and one that stopped reading
+/// slows publishers for at most this long.
+const READING_TICKS: u16 = 10;
+
+/// Whether bytes were written to the client within the last [`READING_TICKS`].
+fn reading(c: &Conn, ticks: u16) -> bool {
+    c.written_tick != 0 && ticks.wrapping_add(1).wrapping_sub(c.written_tick) <= READING_TICKS
+}
+
 fn arm_session_timer(session: &mut Session, timers: &mut BinaryHeap<Reverse<(Instant, Timer)>>) {
     if let Some(due) = session.next_due() {
         if session.timer_at.get().is_none_or(|t| due < t) {

@@ -408,6 +408,19 @@ impl Core {
         let conn = session.conn().and_then(|id| self.conns.get_mut(&id)).map(|c| &mut **c);
         let mut w = Writer { out: &mut self.writes, scratch: &mut self.scratch, cache: &mut self.fanout };
         session::offer(session, conn, out, self.limits, now, &mut w, &mut self.stats);
+        // A client that reads, but more slowly than this is written to it: its write buffer
+        // an eighth full is overload (see `overload_level`), well before QoS 0 to it is
+        // dropped (what publishers on other cores have in flight still arrives after that).
+        let backlog = session.conn().and_then(|id| self.conns.get(&id)).is_some_and(|c| {
+            super::reading(c, self.ticks) && c.pending_write as usize > self.limits.max_write_buffer / 8
+        });
+        if backlog {
+            self.backlogged_since_check = true;
+            if !self.overload_signalled {
+                self.overload_signalled = true;
+                self.actions.push(Action::Overloaded);
+            }
+        }
         if session.queue.is_empty() || session.conn().is_none() {
             return;
         }
@@ -421,6 +434,9 @@ impl Core {
                 || (self.limits.max_queued_bytes > 0 && session.queue.bytes() > self.limits.max_queued_bytes / 4))
         {
             self.overload_signalled = true;
+            // Until the next tick measures the queues, the fast checks between ticks
+            // (`overload_level_now`) must not clear this.
+            self.queue_level = self.queue_level.max(1.0);
             self.actions.push(Action::Overloaded);
         }
     }
