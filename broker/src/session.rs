@@ -315,7 +315,8 @@ pub struct Conn {
     /// What this client may publish and subscribe to (`None`: no ACL file).
     pub acl: Option<Arc<ClientAcl>>,
     /// Set when the connection limit was reached at accept: the CONNECT is refused so.
-    pub refuse_with: Option<u8>,
+    /// (A CONNACK refusal code, 0x80 and up; 0: none. One byte, where an `Option` takes two.)
+    pub refuse_with: u8,
     /// The core's tick count (wrapping) when bytes were last written to the client, plus
     /// one (0: never): a client written to lately is reading, and its write backlog drains,
     /// as opposed to one that stopped reading (see `Core::overload_level`).
@@ -356,7 +357,7 @@ impl Conn {
             server_keep_alive: None,
             assigned_client_id: false,
             acl: None,
-            refuse_with: None,
+            refuse_with: 0,
             written_tick: 0,
             rate: None,
         }

@@ -18,7 +18,7 @@ impl Core {
         let Some(conn) = self.conns.get_mut(&id) else { return };
         conn.version = c.protocol;
         let v5 = c.protocol.is_v5();
-        if let Some(code) = conn.refuse_with {
+        if let Some(code) = Some(conn.refuse_with).filter(|&c| c != 0) {
             self.stats.refused_at_limit += 1;
             return self.connack_refuse(id, code);
         }

@@ -523,7 +523,7 @@ impl Core {
     /// with a refusal (5.0: 0x97 Quota exceeded; 3.1.1: Server unavailable).
     pub fn refuse_at_limit(&mut self, id: ConnId) {
         if let Some(conn) = self.conns.get_mut(&id) {
-            conn.refuse_with = Some(reason::QUOTA_EXCEEDED);
+            conn.refuse_with = reason::QUOTA_EXCEEDED;
         }
     }
 
