@@ -405,13 +405,14 @@ impl Core {
 
     pub(super) fn offer(&mut self, client_id: &Bytes, out: Outgoing, now: Instant) {
         let Some(session) = self.sessions.get_mut(client_id) else { return };
-        let conn = session.conn().and_then(|id| self.conns.get_mut(&id)).map(|c| &mut **c);
+        let mut conn = session.conn().and_then(|id| self.conns.get_mut(&id)).map(|c| &mut **c);
         let mut w = Writer { out: &mut self.writes, scratch: &mut self.scratch, cache: &mut self.fanout };
-        session::offer(session, conn, out, self.limits, now, &mut w, &mut self.stats);
+        session::offer(session, conn.as_deref_mut(), out, self.limits, now, &mut w, &mut self.stats);
         // A client that reads, but more slowly than this is written to it: its write buffer
         // an eighth full is overload (see `overload_level`), well before QoS 0 to it is
         // dropped (what publishers on other cores have in flight still arrives after that).
-        let backlog = session.conn().and_then(|id| self.conns.get(&id)).is_some_and(|c| {
+        // (The connection found above, not a second lookup: this runs for every delivery.)
+        let backlog = conn.is_some_and(|c| {
             super::reading(c, self.ticks) && c.pending_write as usize > self.limits.max_write_buffer / 8
         });
         if backlog {
