@@ -40,6 +40,10 @@
 //! end     := kind=3    client id u16+bytes: the session ended
 //! release := kind=5    client id u16+bytes | incarnation u64 | packet id u16: the client
 //!                      released (PUBREL) the QoS 2 exchange logged with that message
+//! delivery := kind=6   client id u16+bytes | incarnation u64 | packet id u16 |
+//!                      message seq u64 | order u64 | state u8 (1 sent, 2 received,
+//!                      3 completed): an outbound QoS 2 exchange of a persistent session,
+//!                      for the message with that sequence number in this same log
 //! ```
 //!
 //! Inbound QoS 2: a persistent session's exchange is logged with its message (in the
@@ -47,6 +51,15 @@
 //! reused only after PUBCOMP, which in `immediate` mode waits for the release to be durable.
 //! Recovery keeps, per shard, the exchanges not released, for the incarnation the session's
 //! newest snapshot names (those of an ended session are ignored).
+//!
+//! Outbound QoS 2: the broker logs, in the log of the message it delivers, that it sends it
+//! to a persistent session with a packet id (`sent`), that the client answered PUBREC
+//! (`received`) and PUBCOMP (`completed`). The PUBLISH goes out only once `sent` is durable
+//! and the PUBREL only once `received` is (in `immediate` mode), so after a crash the
+//! exchange resumes with the same packet id (PUBLISH with DUP, or PUBREL) instead of
+//! delivering the message again under a new one. `order` is the session's send order: of
+//! two open exchanges with one packet id (a `completed` that was not durable yet when the
+//! id was reused for a message of another log), the later one is the live one.
 //!
 //! All integers are little-endian. Decoding checks every length against the body, so a
 //! body that passed the WAL's CRC but is not ours (or a future version) is an error, never
@@ -66,12 +79,36 @@ const KIND_SESSION: u8 = 2;
 const KIND_SESSION_END: u8 = 3;
 const KIND_SESSION_WITH_INCARNATION: u8 = 4;
 const KIND_RELEASE: u8 = 5;
+const KIND_DELIVERY: u8 = 6;
 
 /// A persistent session's inbound QoS 2 exchange, as logged (see the format above).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exchange {
     pub incarnation: u64,
     pub pkid: u16,
+}
+
+/// How far an outbound QoS 2 exchange got (see the format above).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DeliveryState {
+    /// PUBLISH sent with this packet id; PUBREC not yet received.
+    Sent = 1,
+    /// PUBREC received; PUBREL sent, PUBCOMP not yet received.
+    Received = 2,
+    /// PUBCOMP received: the exchange is over.
+    Completed = 3,
+}
+
+/// An outbound QoS 2 exchange of a persistent session, as logged next to its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    pub incarnation: u64,
+    pub pkid: u16,
+    /// The message's sequence number in the log this record is in.
+    pub msg_seq: u64,
+    /// The session's send order ([`crate::session::Inflight::seq`]).
+    pub order: u64,
+    pub state: DeliveryState,
 }
 
 /// A persistent session as logged.
@@ -100,6 +137,8 @@ pub enum Record {
     SessionEnd(Bytes),
     /// The client (first) released this exchange.
     Released(Bytes, Exchange),
+    /// An outbound QoS 2 exchange moved on.
+    Delivery(Bytes, Delivery),
 }
 
 fn put_marks(out: &mut Vec<u8>, marks: &[(usize, u64)]) {
@@ -195,6 +234,20 @@ pub fn encode_release(client_id: &[u8], exchange: Exchange) -> Vec<u8> {
     put_short(&mut out, client_id);
     out.put_u64_le(exchange.incarnation);
     out.put_u16_le(exchange.pkid);
+    out
+}
+
+/// An outbound QoS 2 exchange of a persistent session moved on (see the format above).
+pub fn encode_delivery(client_id: &[u8], d: Delivery) -> Vec<u8> {
+    let mut out = Vec::with_capacity(31 + client_id.len());
+    out.push(VERSION);
+    out.push(KIND_DELIVERY);
+    put_short(&mut out, client_id);
+    out.put_u64_le(d.incarnation);
+    out.put_u16_le(d.pkid);
+    out.put_u64_le(d.msg_seq);
+    out.put_u64_le(d.order);
+    out.push(d.state as u8);
     out
 }
 
@@ -359,6 +412,24 @@ pub fn decode_record(body: &Bytes, clock: &WallClock, now: Instant) -> Result<Re
             r.done()?;
             Ok(Record::Released(client_id, exchange))
         }
+        Some(&KIND_DELIVERY) => {
+            let mut r = Reader { body, at: 0 };
+            let version = r.u8()?;
+            if version != VERSION {
+                return Err(RecordError::Version(version));
+            }
+            r.u8()?;
+            let client_id = r.short()?;
+            let (incarnation, pkid, msg_seq, order) = (r.u64()?, r.u16()?, r.u64()?, r.u64()?);
+            let state = match r.u8()? {
+                1 => DeliveryState::Sent,
+                2 => DeliveryState::Received,
+                3 => DeliveryState::Completed,
+                _ => return Err(RecordError::Invalid("delivery state")),
+            };
+            r.done()?;
+            Ok(Record::Delivery(client_id, Delivery { incarnation, pkid, msg_seq, order, state }))
+        }
         Some(&KIND_SESSION) | Some(&KIND_SESSION_WITH_INCARNATION) | Some(&KIND_SESSION_END) => {
             let mut r = Reader { body, at: 0 };
             let version = r.u8()?;
@@ -514,6 +585,26 @@ mod tests {
         }
         for cut in 0..body.len() {
             assert!(decode_record(&body.slice(..cut), &c, now).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn delivery_records_round_trip_and_reject_every_truncation_and_a_bad_state() {
+        let now = Instant::now();
+        let c = clock(now);
+        for state in [DeliveryState::Sent, DeliveryState::Received, DeliveryState::Completed] {
+            let d = Delivery { incarnation: 7, pkid: 65535, msg_seq: u64::MAX - 1, order: 12, state };
+            let body = Bytes::from(encode_delivery(b"sub-1", d));
+            match decode_record(&body, &c, now) {
+                Ok(Record::Delivery(id, back)) => assert_eq!((id, back), (Bytes::from_static(b"sub-1"), d)),
+                other => panic!("{other:?}"),
+            }
+            for cut in 0..body.len() {
+                assert!(decode_record(&body.slice(..cut), &c, now).is_err(), "cut at {cut}");
+            }
+            let mut bad = body.to_vec();
+            *bad.last_mut().expect("non-empty") = 4;
+            assert!(matches!(decode_record(&Bytes::from(bad), &c, now), Err(RecordError::Invalid(_))));
         }
     }
 

@@ -17,6 +17,7 @@ use bytes::{Bytes, BytesMut};
 use crate::codec::{self, Ack, Packet, ProtocolVersion, Publish, QoS, SubscriptionOptions, Will};
 use crate::config::DropPolicy;
 use crate::message::SharedMessage;
+use crate::persist::{self, Delivery, DeliveryState};
 use crate::stats::Stats;
 use promptmq_auth::ClientAcl;
 
@@ -45,6 +46,25 @@ pub struct Inflight {
     pub out: Outgoing,
     /// QoS 2 after PUBREC: waiting for PUBCOMP, resend PUBREL not PUBLISH.
     pub released: bool,
+    /// A logged outbound QoS 2 exchange (see [`logs_delivery`]) whose next step (`sent`
+    /// before the PUBLISH, `received` before the PUBREL) is being logged: the packet goes
+    /// out when the record is durable.
+    pub logging: bool,
+    /// Logging that step failed (full disk): tried again at the next checkpoint.
+    pub log_failed: bool,
+}
+
+/// A step of a logged outbound QoS 2 exchange for the core to send to the message's shard
+/// (see `persist.rs`, delivery records).
+#[derive(Debug)]
+pub struct DeliveryStep {
+    /// The shard whose log holds the message, and will hold this record.
+    pub shard: usize,
+    pub body: Vec<u8>,
+    /// The connection that waits for the record to be durable, to send the PUBLISH (or the
+    /// PUBREL when `received`); `None` for a completion, which nothing waits for.
+    pub waiting: Option<(ConnId, u16, u64)>,
+    pub received: bool,
 }
 
 /// Where an inbound QoS 2 exchange of a persistent session is logged.
@@ -253,6 +273,26 @@ impl Session {
         }
         None
     }
+
+    /// The log record of a step of outbound QoS 2 exchange `pkid` (which must be logged,
+    /// see [`logs_delivery`]).
+    pub fn delivery_step(&self, pkid: u16, state: DeliveryState, conn: Option<ConnId>) -> Option<DeliveryStep> {
+        let f = self.inflight.get(&pkid)?;
+        let (shard, msg_seq) = f.out.origin?;
+        let d = Delivery { incarnation: self.incarnation, pkid, msg_seq, order: f.seq, state };
+        Some(DeliveryStep {
+            shard,
+            body: persist::encode_delivery(&self.client_id, d),
+            waiting: conn.map(|c| (c, pkid, f.seq)),
+            received: state == DeliveryState::Received,
+        })
+    }
+}
+
+/// Whether an outbound exchange is logged step by step, so that it resumes with its packet
+/// id after a crash: QoS 2 to a persistent session, of a message that is in a log.
+pub fn logs_delivery(session: &Session, out: &Outgoing, limits: Limits) -> bool {
+    limits.log_deliveries && out.qos == QoS::ExactlyOnce && out.origin.is_some() && session.is_persistent()
 }
 
 /// Where a connection is in its life.
@@ -661,6 +701,8 @@ pub struct Writer<'a> {
     pub out: &'a mut Vec<(ConnId, Bytes)>,
     pub scratch: &'a mut BytesMut,
     pub cache: &'a mut FanoutCache,
+    /// Steps of logged outbound QoS 2 exchanges, for the core to send to their shards.
+    pub deliveries: &'a mut Vec<DeliveryStep>,
 }
 
 impl Writer<'_> {
@@ -710,6 +752,8 @@ pub struct Limits {
     pub max_queued_bytes: usize,
     pub drop_policy: DropPolicy,
     pub max_write_buffer: usize,
+    /// The WAL is on: outbound QoS 2 exchanges of persistent sessions are logged.
+    pub log_deliveries: bool,
 }
 
 impl Limits {
@@ -720,6 +764,7 @@ impl Limits {
             max_queued_bytes: config.max_queued_bytes,
             drop_policy: config.queue_drop_policy,
             max_write_buffer: config.max_write_buffer,
+            log_deliveries: config.wal_enabled,
         }
     }
 }
@@ -771,7 +816,7 @@ pub fn offer(
         session.enqueue(out, limits, stats);
         return;
     }
-    start_inflight(session, conn, out, now, w, stats);
+    start_inflight(session, conn, out, limits, now, w, stats);
 }
 
 fn window(conn: &Conn, limits: Limits) -> usize {
@@ -798,6 +843,7 @@ fn start_inflight(
     session: &mut Session,
     conn: &mut Conn,
     out: Outgoing,
+    limits: Limits,
     now: Instant,
     w: &mut Writer<'_>,
     stats: &mut Stats,
@@ -806,12 +852,65 @@ fn start_inflight(
         session.queue_push_front(out);
         return;
     };
-    if !send_publish(conn, &out, pkid, false, now, w, stats) {
+    let logged = logs_delivery(session, &out, limits);
+    if !logged && !send_publish(conn, &out, pkid, false, now, w, stats) {
         return;
     }
     let seq = session.next_seq;
     session.next_seq += 1;
-    session.inflight.insert(pkid, Inflight { seq, out, released: false });
+    session.inflight.insert(pkid, Inflight { seq, out, released: false, logging: logged, log_failed: false });
+    if logged {
+        // The PUBLISH waits for its `sent` record (see `delivered`).
+        w.deliveries.extend(session.delivery_step(pkid, DeliveryState::Sent, Some(conn.id)));
+    }
+}
+
+/// The step of logged exchange `pkid` that connection `conn` waited for is durable
+/// (`ok`) or failed: the PUBLISH (or, `received`, the PUBREL) goes out now, or the step is
+/// retried at the next checkpoint. A step of another connection, or one already done, is
+/// ignored.
+#[allow(clippy::too_many_arguments)]
+pub fn delivery_logged(
+    session: &mut Session,
+    conn: &mut Conn,
+    pkid: u16,
+    order: u64,
+    received: bool,
+    ok: bool,
+    limits: Limits,
+    now: Instant,
+    w: &mut Writer<'_>,
+    stats: &mut Stats,
+) {
+    let Some(f) = session.inflight.get_mut(&pkid) else { return };
+    if f.seq != order || !f.logging || f.released != received {
+        return;
+    }
+    if !ok {
+        f.log_failed = true;
+        return;
+    }
+    f.logging = false;
+    if received {
+        w.packet(conn, &Packet::PubRel(Ack::new(pkid, 0)));
+        return;
+    }
+    let out = f.out.clone();
+    if !may_read(session, &out) {
+        stats.acl_denied_read += 1;
+        abandon(session, pkid, limits, w);
+    } else if !send_publish(conn, &out, pkid, false, now, w, stats) {
+        abandon(session, pkid, limits, w);
+    }
+}
+
+/// Ends an outbound exchange the broker gives up on (the client may no longer read the
+/// message, or it no longer fits), logging its end when it was logged.
+fn abandon(session: &mut Session, pkid: u16, limits: Limits, w: &mut Writer<'_>) {
+    if session.inflight.get(&pkid).is_some_and(|f| logs_delivery(session, &f.out, limits)) {
+        w.deliveries.extend(session.delivery_step(pkid, DeliveryState::Completed, None));
+    }
+    complete(session, pkid);
 }
 
 /// Sends queued messages while the window has room.
@@ -825,8 +924,14 @@ pub fn pump(
 ) {
     while in_use(session) < window(conn, limits) {
         if let Some(pkid) = session.resend.pop_front() {
-            let Some(f) = session.inflight.get(&pkid) else { continue };
-            if f.released {
+            let Some(f) = session.inflight.get_mut(&pkid) else { continue };
+            if f.logging {
+                // Its step was being logged for an earlier connection: log it again for
+                // this one, which sends the packet once it is durable.
+                f.log_failed = false;
+                let state = if f.released { DeliveryState::Received } else { DeliveryState::Sent };
+                w.deliveries.extend(session.delivery_step(pkid, state, Some(conn.id)));
+            } else if f.released {
                 w.packet(conn, &Packet::PubRel(Ack::new(pkid, 0)));
             } else {
                 // Delivery already started, so an expired message is still completed
@@ -836,9 +941,9 @@ pub fn pump(
                 let out = f.out.clone();
                 if !may_read(session, &out) {
                     stats.acl_denied_read += 1;
-                    session.inflight.remove(&pkid);
+                    abandon(session, pkid, limits, w);
                 } else if !send_publish(conn, &out, pkid, true, now, w, stats) {
-                    session.inflight.remove(&pkid);
+                    abandon(session, pkid, limits, w);
                 }
             }
             continue;
@@ -857,7 +962,7 @@ pub fn pump(
         if out.qos == QoS::AtMostOnce {
             send_publish(conn, &out, 0, false, now, w, stats);
         } else {
-            start_inflight(session, conn, out, now, w, stats);
+            start_inflight(session, conn, out, limits, now, w, stats);
         }
     }
 }

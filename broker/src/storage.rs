@@ -25,8 +25,8 @@ use crate::codec::QoS;
 use crate::config::{Config, WalSyncMode};
 use crate::core::Journal;
 use crate::message::SharedMessage;
-use crate::persist::{self, Record, SessionRecord, WallClock};
-use crate::session::{Limits, LoggedExchange, Moment, Outgoing, Session};
+use crate::persist::{self, DeliveryState, Record, SessionRecord, WallClock};
+use crate::session::{Inflight, Limits, LoggedExchange, Moment, Outgoing, Session};
 use crate::stats::Stats;
 use crate::topic;
 
@@ -121,6 +121,9 @@ pub fn recover(config: &Config, clock: &WallClock, now: Instant) -> Result<Recov
     // (shard, packet id) -> the message's sequence number. A release is in the same log as
     // its exchange, later, so each log's order settles them (see `persist.rs`).
     let mut exchanges: HashMap<(Bytes, u64), HashMap<(usize, u16), u64>> = HashMap::new();
+    // Outbound QoS 2 exchanges per (client id, session incarnation): (shard, message seq)
+    // -> (send order, packet id, furthest state). See `persist.rs`.
+    let mut deliveries: HashMap<(Bytes, u64), HashMap<(usize, u64), LoggedDelivery>> = HashMap::new();
     let mut undecodable = 0;
     let mut opened: Vec<(usize, Log)> = Vec::new();
     let mut reports = Vec::new();
@@ -147,6 +150,15 @@ pub fn recover(config: &Config, clock: &WallClock, now: Instant) -> Result<Recov
                 Ok(Record::Released(client_id, x)) => {
                     if let Some(open) = exchanges.get_mut(&(client_id, x.incarnation)) {
                         open.remove(&(shard, x.pkid));
+                    }
+                }
+                Ok(Record::Delivery(client_id, d)) => {
+                    let open = deliveries.entry((client_id, d.incarnation)).or_default();
+                    let step = (d.order, d.pkid, d.state);
+                    let entry = open.entry((shard, d.msg_seq)).or_insert(step);
+                    // A step is logged again when a connection that waited for it is replaced.
+                    if (step.0, step.2) >= (entry.0, entry.2) {
+                        *entry = step;
                     }
                 }
                 Ok(Record::Session(rec)) => {
@@ -183,12 +195,15 @@ pub fn recover(config: &Config, clock: &WallClock, now: Instant) -> Result<Recov
             (!expired || rec.will.is_some()).then(|| (session_from(rec, clock, now), clock.instant(gone_ms, now)))
         })
         .collect();
+    let mut outbound: Vec<HashMap<(usize, u64), LoggedDelivery>> = Vec::with_capacity(restored.len());
     for (s, _) in restored.iter_mut() {
         // Exchanges of an earlier session with this client id have another incarnation.
         let open = exchanges.remove(&(s.client_id.clone(), s.incarnation)).unwrap_or_default();
         for ((shard, pkid), seq) in open {
             s.incoming_qos2.insert(pkid, Some(LoggedExchange { shard, seq, releasing: false }));
         }
+        let sent = deliveries.remove(&(s.client_id.clone(), s.incarnation)).unwrap_or_default();
+        outbound.push(live_deliveries(s, sent));
     }
 
     let mut requeued = 0;
@@ -230,10 +245,19 @@ pub fn recover(config: &Config, clock: &WallClock, now: Instant) -> Result<Recov
                 candidates.dedup();
                 for &index in &candidates {
                     let session = &mut restored[index].0;
-                    if let Some(out) = owed(session, *shard, r.seq, &msg) {
-                        session.enqueue(out, Limits::from_config(config), &mut Stats::default());
-                        requeued += 1;
+                    let Some(mut out) = owed(session, *shard, r.seq, &msg) else { continue };
+                    match outbound[index].get(&(*shard, r.seq)) {
+                        Some(&(_, _, DeliveryState::Completed)) => continue,
+                        Some(&(order, pkid, state)) => {
+                            // Resumes with its packet id: PUBLISH with DUP, or PUBREL.
+                            out.qos = QoS::ExactlyOnce;
+                            let released = state == DeliveryState::Received;
+                            let f = Inflight { seq: order, out, released, logging: false, log_failed: false };
+                            session.inflight.insert(pkid, f);
+                        }
+                        None => session.enqueue(out, Limits::from_config(config), &mut Stats::default()),
                     }
+                    requeued += 1;
                 }
             })?;
             let last = log.next_seq() - 1;
@@ -246,6 +270,33 @@ pub fn recover(config: &Config, clock: &WallClock, now: Instant) -> Result<Recov
     }
     let logs = opened.into_iter().filter(|(shard, _)| *shard < cores).map(|(_, log)| log).collect();
     Ok(Recovered { logs, retained, sessions: restored, reports, undecodable, requeued })
+}
+
+/// An outbound QoS 2 exchange as its records left it: (send order, packet id, state).
+type LoggedDelivery = (u64, u16, DeliveryState);
+
+/// Of a restored session's logged outbound exchanges, those still open, by message. Of two
+/// with one packet id (a `completed` not yet durable when the id was reused for a message
+/// of another log), the later in send order is the live one: the other one is over. Sets
+/// the session's send order past every logged one.
+fn live_deliveries(
+    s: &mut Session,
+    mut logged: HashMap<(usize, u64), LoggedDelivery>,
+) -> HashMap<(usize, u64), LoggedDelivery> {
+    let mut latest: HashMap<u16, u64> = HashMap::new();
+    for &(order, pkid, state) in logged.values() {
+        s.next_seq = s.next_seq.max(order + 1);
+        if state != DeliveryState::Completed {
+            let l = latest.entry(pkid).or_insert(order);
+            *l = (*l).max(order);
+        }
+    }
+    for (order, pkid, state) in logged.values_mut() {
+        if latest.get(pkid).is_some_and(|&l| l > *order) {
+            *state = DeliveryState::Completed;
+        }
+    }
+    logged
 }
 
 fn session_from(rec: SessionRecord, clock: &WallClock, now: Instant) -> Session {

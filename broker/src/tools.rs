@@ -91,7 +91,9 @@ pub fn wal_stats(data_dir: &Path, top: usize, out: &mut impl Write) -> Result<()
                         t.records += 1;
                         t.bytes += m.payload.len() as u64;
                     }
-                    Ok(Record::Session(_) | Record::SessionEnd(_) | Record::Released(..)) => sessions += 1,
+                    Ok(Record::Session(_) | Record::SessionEnd(_) | Record::Released(..) | Record::Delivery(..)) => {
+                        sessions += 1
+                    }
                     Err(_) => {}
                 }
             },

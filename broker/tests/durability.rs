@@ -587,3 +587,108 @@ async fn an_inbound_qos2_exchange_survives_kill_9_and_its_message_is_delivered_o
     got.sort();
     assert_eq!(got, ["after", "before", "once4", "once5"], "each message exactly once");
 }
+
+// Exactly once to a subscriber across a crash: an outbound QoS 2 exchange of a persistent
+// session resumes after `kill -9` with its packet id. The broker re-sends the PUBLISH with
+// DUP for one not yet PUBREC'd and PUBREL for one that was [MQTT-4.4.0-1], and never sends
+// again, under a new packet id, a message whose exchange completed or was PUBREC'd (the
+// client already passed it on [MQTT-4.3.3-12]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbound_qos2_exchange_resumes_with_its_packet_id_after_kill_9() {
+    skip_on_mosquitto!("crash test of promptmq's WAL");
+    let mut broker =
+        BrokerOpts::new().cores(2).log_level("info").extra_args(&["--wal-sync-mode", "immediate"]).start().await;
+    let port = broker.port();
+    let (mut sub, _) = Raw::connect5_ok(port, connect5_session("q2o-sub", true, 3600)).await;
+    sub.sub5(1, "q2o/#", QoS::ExactlyOnce).await;
+    let disconnect = v5::Disconnect::new();
+    sub.send(|b| disconnect.write(b)).await;
+    drop(sub);
+
+    let (mut publisher, _) = Raw::connect5_ok(port, connect5("q2o-pub", true)).await;
+    for (i, name) in ["completed", "received", "sent"].into_iter().enumerate() {
+        let p = publish5(&format!("q2o/{name}"), QoS::ExactlyOnce, i as u16 + 1, false, name.as_bytes());
+        assert_eq!(publisher.publish5_complete(&p).await, 0x00);
+    }
+
+    // The subscriber gets the three and takes each to a different point of its exchange.
+    let (mut sub, ack) = Raw::connect5_ok(port, connect5_session("q2o-sub", false, 3600)).await;
+    assert!(ack.session_present);
+    let mut pkids: HashMap<String, u16> = HashMap::new();
+    for _ in 0..3 {
+        let p = sub.expect_publish5().await;
+        assert_eq!((p.qos, p.dup), (QoS::ExactlyOnce, false));
+        pkids.insert(String::from_utf8_lossy(&p.payload).to_string(), p.pkid);
+    }
+    for name in ["completed", "received"] {
+        let rec = v5::PubRec::new(pkids[name]);
+        sub.send(|b| rec.write(b)).await;
+        assert_eq!(ack_reason(&sub.expect(PUBREL).await, pkids[name]), 0x00);
+    }
+    let comp = v5::PubComp::new(pkids["completed"]);
+    sub.send(|b| comp.write(b)).await;
+    // The completion is not waited for by anyone; give the log's next sync time to cover it.
+    sub.expect_silence(Duration::from_millis(300)).await;
+    drop(sub);
+    broker.crash_and_restart().await;
+
+    let (mut sub, ack) = Raw::connect5_ok(port, connect5_session("q2o-sub", false, 3600)).await;
+    assert!(ack.session_present, "the session survived the crash\n{}", broker.log_text());
+    let mut resumed = Vec::new();
+    while let Ok(f) = sub.read_frame(Duration::from_secs(1)).await {
+        resumed.push(match f.v5() {
+            v5::Packet::Publish(p) => {
+                format!("PUBLISH {} pkid={} dup={}", String::from_utf8_lossy(&p.payload), p.pkid, p.dup)
+            }
+            v5::Packet::PubRel(r) => format!("PUBREL pkid={}", r.pkid),
+            other => format!("{other:?}"),
+        });
+    }
+    assert_eq!(
+        resumed,
+        [format!("PUBREL pkid={}", pkids["received"]), format!("PUBLISH sent pkid={} dup=true", pkids["sent"])],
+        "the open exchanges resume in order with their packet ids, and nothing else is sent\n{}",
+        broker.log_text()
+    );
+    let comp = v5::PubComp::new(pkids["received"]);
+    sub.send(|b| comp.write(b)).await;
+    let rec = v5::PubRec::new(pkids["sent"]);
+    sub.send(|b| rec.write(b)).await;
+    assert_eq!(ack_reason(&sub.expect(PUBREL).await, pkids["sent"]), 0x00);
+    let comp = v5::PubComp::new(pkids["sent"]);
+    sub.send(|b| comp.write(b)).await;
+    sub.expect_silence(Duration::from_millis(300)).await;
+    drop(sub);
+
+    // Completed before a second crash: nothing comes back after it.
+    broker.crash_and_restart().await;
+    let (mut sub, ack) = Raw::connect5_ok(port, connect5_session("q2o-sub", false, 3600)).await;
+    assert!(ack.session_present);
+    sub.expect_silence(Duration::from_secs(1)).await;
+}
+
+// In `immediate` mode a persistent session's SUBACK waits for its snapshot to be durable:
+// `kill -9` right after the SUBACK (before its record could have been synced otherwise)
+// still finds the session and the subscription after the restart, so messages published
+// to it meanwhile are kept for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_acknowledged_in_immediate_mode_survives_kill_9_right_after_its_suback() {
+    skip_on_mosquitto!("crash test of promptmq's WAL");
+    let mut broker =
+        BrokerOpts::new().cores(2).log_level("info").extra_args(&["--wal-sync-mode", "immediate"]).start().await;
+    let port = broker.port();
+    for round in 0..4 {
+        let id = format!("sub-now-{round}");
+        let filter = format!("now/{round}/#");
+        let (mut sub, _) = Raw::connect5_ok(port, connect5_session(&id, true, 3600)).await;
+        sub.sub5(1, &filter, QoS::AtLeastOnce).await;
+        broker.crash_and_restart().await;
+        let (mut publisher, _) = Raw::connect5_ok(port, connect5("now-pub", true)).await;
+        let p = publish5(&format!("now/{round}/x"), QoS::AtLeastOnce, 1, false, b"kept");
+        assert_eq!(publisher.publish5_complete(&p).await, 0x00);
+        let (mut sub, ack) = Raw::connect5_ok(port, connect5_session(&id, false, 3600)).await;
+        assert!(ack.session_present, "round {round}: the session survived\n{}", broker.log_text());
+        let got = sub.expect_publish5().await;
+        assert_eq!(got.payload.as_ref(), b"kept", "round {round}");
+    }
+}

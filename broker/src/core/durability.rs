@@ -155,12 +155,18 @@ impl Core {
     /// client id hashes to, so that one log orders all of a client's records however the
     /// session moves between cores).
     pub(super) fn persist_session(&mut self, client_id: &Bytes, now: Instant) {
+        self.log_session(client_id, now, None);
+    }
+
+    /// [`Core::persist_session`], answering `ack` once the record is durable (`immediate`
+    /// mode) or taken; false when there is nothing to log (and nothing will answer).
+    pub(super) fn log_session(&mut self, client_id: &Bytes, now: Instant, ack: Option<PublishAck>) -> bool {
         if !self.config.wal_enabled {
-            return;
+            return false;
         }
-        let Some(s) = self.sessions.get_mut(client_id) else { return };
+        let Some(s) = self.sessions.get_mut(client_id) else { return false };
         if !s.is_persistent() && !s.persisted {
-            return;
+            return false;
         }
         let body = if s.is_persistent() {
             s.persisted = true;
@@ -186,7 +192,8 @@ impl Core {
             persist::encode_session_end(client_id)
         };
         let home = shard_of(client_id, self.cores);
-        self.send(home, CoreMsg::Persist { body });
+        self.send(home, CoreMsg::Persist { body, ack });
+        true
     }
 
     /// Logs the progress of every persistent session that made some since its last snapshot.

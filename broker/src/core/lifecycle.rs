@@ -258,7 +258,12 @@ impl Core {
             }
         }
         let ack = ConnAck { session_present, code: reason::SUCCESS, properties: props };
-        let mut w = Writer { out: &mut self.writes, scratch: &mut self.scratch, cache: &mut self.fanout };
+        let mut w = Writer {
+            out: &mut self.writes,
+            scratch: &mut self.scratch,
+            cache: &mut self.fanout,
+            deliveries: &mut self.deliveries,
+        };
         w.packet(conn, &Packet::ConnAck(ack));
         session::resume(&mut session, conn, self.limits, now, &mut w, &mut self.stats);
         if repoint {
@@ -352,8 +357,13 @@ impl Core {
             if let Some(c) = self.conns.get_mut(&old) {
                 if c.version.is_v5() {
                     let d = Disconnect { reason: reason::SESSION_TAKEN_OVER, properties: Properties::default() };
-                    Writer { out: &mut self.writes, scratch: &mut self.scratch, cache: &mut self.fanout }
-                        .packet(c, &Packet::Disconnect(d));
+                    Writer {
+                        out: &mut self.writes,
+                        scratch: &mut self.scratch,
+                        cache: &mut self.fanout,
+                        deliveries: &mut self.deliveries,
+                    }
+                    .packet(c, &Packet::Disconnect(d));
                 }
             }
             self.conns.remove(&old);
@@ -457,8 +467,13 @@ impl Core {
         let Some(mut conn) = self.conns.remove(&id) else { return };
         if let (Some(code), true) = (how.reason, conn.version.is_v5() && matches!(conn.phase, Phase::Connected)) {
             let d = Disconnect { reason: code, properties: Properties::default() };
-            Writer { out: &mut self.writes, scratch: &mut self.scratch, cache: &mut self.fanout }
-                .packet(&mut conn, &Packet::Disconnect(d));
+            Writer {
+                out: &mut self.writes,
+                scratch: &mut self.scratch,
+                cache: &mut self.fanout,
+                deliveries: &mut self.deliveries,
+            }
+            .packet(&mut conn, &Packet::Disconnect(d));
         }
         self.flush_writes();
         self.actions.push(Action::Close(id));
@@ -553,7 +568,7 @@ impl Core {
         }
         if s.persisted && self.config.wal_enabled {
             let home = shard_of(&s.client_id, self.cores);
-            self.send(home, CoreMsg::Persist { body: persist::encode_session_end(&s.client_id) });
+            self.send(home, CoreMsg::Persist { body: persist::encode_session_end(&s.client_id), ack: None });
         }
         let filters: Vec<Bytes> = s.subscriptions.drain().map(|(f, _)| f).collect();
         for f in filters {

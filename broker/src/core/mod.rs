@@ -31,12 +31,12 @@ use crate::codec::{
 };
 use crate::config::Config;
 use crate::message::{detach_properties, owned, Message, SharedMessage};
-use crate::persist::{self, WallClock};
+use crate::persist::{self, DeliveryState, WallClock};
 use crate::registry::Registry;
 use crate::router::{RetainedStore, SessionRef, Subscriber, SubscriptionIndex, Target};
 use crate::session::{
-    self, Conn, ConnId, FanoutCache, Limits, LoggedExchange, Moment, Outgoing, Phase, Session, StoredSubscription,
-    Writer,
+    self, Conn, ConnId, DeliveryStep, FanoutCache, Limits, LoggedExchange, Moment, Outgoing, Phase, Session,
+    StoredSubscription, Writer,
 };
 use crate::stats::Stats;
 use crate::topic;
@@ -77,8 +77,22 @@ pub struct PublishAck {
     /// A persistent session's QoS 2 exchange, logged with the message so that it survives
     /// a restart (see `persist.rs`).
     pub exchange: Option<persist::Exchange>,
-    /// Answers a PUBREL (with PUBCOMP) whose release was logged, not a PUBLISH.
-    pub release: bool,
+    /// What the record answers.
+    pub step: AckStep,
+}
+
+/// What a logged record a connection waits for is about (see [`PublishAck`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckStep {
+    /// An inbound PUBLISH: answer PUBACK/PUBREC.
+    Publish,
+    /// An inbound PUBREL whose release was logged: answer PUBCOMP.
+    Release,
+    /// A step of an outbound QoS 2 exchange of a persistent session (session send order,
+    /// whether it is `received`): send its PUBLISH or PUBREL (see `session::delivery_logged`).
+    Delivery { order: u64, received: bool },
+    /// A session snapshot logged for a SUBSCRIBE or UNSUBSCRIBE (request id): answer it.
+    Snapshot { request: u64 },
 }
 
 /// Messages between cores.
@@ -127,9 +141,11 @@ pub enum CoreMsg {
         shard: usize,
         head: u64,
     },
-    /// To a client id's home shard: append this session record to its log.
+    /// To a client id's home shard: append this session record to its log (and answer
+    /// `ack` once it is durable, in `immediate` mode).
     Persist {
         body: Vec<u8>,
+        ack: Option<PublishAck>,
     },
     /// To a shard: remove a subscription of this session incarnation.
     Unsubscribe {
@@ -272,6 +288,11 @@ pub struct Core {
     writes: Vec<(ConnId, Bytes)>,
     scratch: BytesMut,
     fanout: FanoutCache,
+    /// Steps of logged outbound QoS 2 exchanges the session logic asked for, sent to their
+    /// shards by `run_local`.
+    deliveries: Vec<DeliveryStep>,
+    /// Some step of `deliveries` failed to log: `retry_deliveries` at the next checkpoint.
+    deliveries_failed: bool,
     route_scratch: Vec<Target>,
     /// This shard's durable log, if any.
     journal: Option<Box<dyn Journal>>,
@@ -359,6 +380,8 @@ impl Core {
             writes: Vec::new(),
             scratch: BytesMut::with_capacity(4096),
             fanout: FanoutCache::default(),
+            deliveries: Vec::new(),
+            deliveries_failed: false,
             route_scratch: Vec::new(),
             nonce,
             next_retained_sweep: None,
@@ -651,6 +674,9 @@ impl Core {
             // Log the progress of persistent sessions, so that after a crash fewer
             // acknowledged messages are delivered again.
             self.checkpoint_sessions(now);
+            if std::mem::take(&mut self.deliveries_failed) {
+                self.retry_deliveries();
+            }
             self.publish_pins();
             self.next_checkpoint = Some(now + CHECKPOINT);
         }
@@ -702,7 +728,9 @@ impl Core {
     }
 
     fn run_local(&mut self, now: Instant) {
-        while let Some(msg) = self.local_inbox.pop_front() {
+        loop {
+            self.send_deliveries();
+            let Some(msg) = self.local_inbox.pop_front() else { break };
             self.handle_message(msg, now);
         }
         self.flush_writes();
@@ -716,7 +744,13 @@ impl Core {
 
     fn write_packet(&mut self, id: ConnId, packet: &Packet) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
-        Writer { out: &mut self.writes, scratch: &mut self.scratch, cache: &mut self.fanout }.packet(conn, packet);
+        Writer {
+            out: &mut self.writes,
+            scratch: &mut self.scratch,
+            cache: &mut self.fanout,
+            deliveries: &mut self.deliveries,
+        }
+        .packet(conn, packet);
     }
 
     fn shards_for(&self, filter: &[u8]) -> Vec<usize> {
@@ -842,19 +876,35 @@ impl Core {
                 self.record_since(req_id, filter_index, shard, head);
                 self.request_reply(req_id, Some(filter_index), retained, now)
             }
-            CoreMsg::Persist { body } => {
-                if self.journal.is_some() {
-                    match persist::record_client_id(&body) {
-                        Some((client_id, true)) => {
-                            self.snapshots.insert(owned(&client_id), (self.next_log_seq, body.clone()));
-                        }
-                        Some((client_id, false)) => {
-                            self.snapshots.remove(&client_id);
-                        }
-                        None => {}
+            CoreMsg::Persist { body, ack } => {
+                if self.journal.is_none() {
+                    if let Some(a) = ack {
+                        let code = if self.journal_closed { reason::SERVER_SHUTTING_DOWN } else { reason::SUCCESS };
+                        self.send(a.core, CoreMsg::PublishDone { ack: a, reason: code, seq: 0 });
                     }
-                    self.append_record(self.clock.unix_ms(now), body, None);
+                    return;
                 }
+                match persist::record_client_id(&body) {
+                    Some((client_id, true)) => {
+                        self.snapshots.insert(owned(&client_id), (self.next_log_seq, body.clone()));
+                    }
+                    Some((client_id, false)) => {
+                        self.snapshots.remove(&client_id);
+                    }
+                    None => {}
+                }
+                let waiting = match ack {
+                    Some(a) if self.wait_for_durable => Some((a, reason::SUCCESS)),
+                    Some(a) => {
+                        self.send(
+                            a.core,
+                            CoreMsg::PublishDone { ack: a, reason: reason::SUCCESS, seq: self.next_log_seq },
+                        );
+                        None
+                    }
+                    None => None,
+                };
+                self.append_record(self.clock.unix_ms(now), body, waiting);
             }
             CoreMsg::Unsubscribe { req, client_id, epoch, filter, group } => {
                 self.subscriptions.unsubscribe(&filter, group.as_ref(), &client_id, epoch);

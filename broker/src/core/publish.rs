@@ -98,7 +98,7 @@ impl Core {
             pkid,
             qos,
             exchange,
-            release: false,
+            step: AckStep::Publish,
         });
         self.send(shard, CoreMsg::Publish { msg, ack });
     }
@@ -140,8 +140,13 @@ impl Core {
     }
 
     pub(super) fn on_publish_done(&mut self, a: PublishAck, code: u8, seq: u64, now: Instant) {
-        if a.release {
-            return self.on_release_done(a, code, now);
+        match a.step {
+            AckStep::Publish => {}
+            AckStep::Release => return self.on_release_done(a, code, now),
+            AckStep::Delivery { order, received } => return self.on_delivery_logged(a, order, received, code, now),
+            // A snapshot that could not be logged (full disk) still answers: the subscription
+            // is in effect, and while the log fails no publish is acknowledged either.
+            AckStep::Snapshot { request } => return self.answer_request(request, now),
         }
         let (id, pkid, qos) = (a.conn, a.pkid, a.qos);
         let Some(conn) = self.conns.get(&id) else { return };
@@ -198,7 +203,7 @@ impl Core {
                     pkid,
                     qos: QoS::ExactlyOnce,
                     exchange: Some(exchange),
-                    release: true,
+                    step: AckStep::Release,
                 };
                 return self.send(shard, CoreMsg::Release { body, ack: Some(ack) });
             }
@@ -263,7 +268,12 @@ impl Core {
     ) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
         let Some(session) = self.sessions.get_mut(&conn.client_id) else { return };
-        let mut w = Writer { out: &mut self.writes, scratch: &mut self.scratch, cache: &mut self.fanout };
+        let mut w = Writer {
+            out: &mut self.writes,
+            scratch: &mut self.scratch,
+            cache: &mut self.fanout,
+            deliveries: &mut self.deliveries,
+        };
         f(session, conn, &mut w, self.limits, &mut self.stats);
     }
 
@@ -278,12 +288,25 @@ impl Core {
 
     pub(super) fn on_pubrec(&mut self, id: ConnId, a: Ack, now: Instant) {
         self.with_session(id, |s, c, w, limits, stats| {
+            let logged = s.inflight.get(&a.pkid).is_some_and(|f| session::logs_delivery(s, &f.out, limits));
             match s.inflight.get_mut(&a.pkid) {
-                Some(f) if f.out.qos == QoS::ExactlyOnce => {
+                // (A PUBLISH still waiting for its `sent` record was never seen by the client.)
+                Some(f) if f.out.qos == QoS::ExactlyOnce && (f.released || !f.logging) => {
                     if a.reason >= 0x80 {
                         // The receiver refused it: the exchange ends here.
+                        if logged {
+                            w.deliveries.extend(s.delivery_step(a.pkid, DeliveryState::Completed, None));
+                        }
                         session::complete(s, a.pkid);
                         session::pump(s, c, limits, now, w, stats);
+                    } else if f.logging {
+                        // A repeated PUBREC while `received` is being logged: the PUBREL follows.
+                    } else if !f.released && logged {
+                        // The PUBREL waits for the `received` record: after a crash the exchange
+                        // must resume with PUBREL, never with the PUBLISH again.
+                        f.released = true;
+                        f.logging = true;
+                        w.deliveries.extend(s.delivery_step(a.pkid, DeliveryState::Received, Some(c.id)));
                     } else {
                         f.released = true;
                         w.packet(c, &Packet::PubRel(Ack::new(a.pkid, reason::SUCCESS)));
@@ -296,11 +319,65 @@ impl Core {
 
     pub(super) fn on_pubcomp(&mut self, id: ConnId, pkid: u16, now: Instant) {
         self.with_session(id, |s, c, w, limits, stats| {
-            if s.inflight.get(&pkid).is_some_and(|f| f.released) {
-                session::complete(s, pkid);
-                session::pump(s, c, limits, now, w, stats);
+            let Some(f) = s.inflight.get(&pkid).filter(|f| f.released && !f.logging) else { return };
+            if session::logs_delivery(s, &f.out, limits) {
+                // Nothing waits for this one: lost in a crash, the exchange resumes with a
+                // PUBREL, which the client answers with PUBCOMP again [MQTT-4.3.3-11].
+                w.deliveries.extend(s.delivery_step(pkid, DeliveryState::Completed, None));
             }
+            session::complete(s, pkid);
+            session::pump(s, c, limits, now, w, stats);
         });
+    }
+
+    /// A step of a logged outbound QoS 2 exchange is durable (or failed): its connection, if
+    /// still attached to the session, sends the PUBLISH or PUBREL that waited for it.
+    fn on_delivery_logged(&mut self, a: PublishAck, order: u64, received: bool, code: u8, now: Instant) {
+        let Some(conn) = self.conns.get_mut(&a.conn) else { return };
+        let Some(s) = self.sessions.get_mut(&conn.client_id).filter(|s| s.conn() == Some(a.conn)) else { return };
+        let mut w = Writer {
+            out: &mut self.writes,
+            scratch: &mut self.scratch,
+            cache: &mut self.fanout,
+            deliveries: &mut self.deliveries,
+        };
+        let ok = code < 0x80;
+        self.deliveries_failed |= !ok;
+        session::delivery_logged(s, conn, a.pkid, order, received, ok, self.limits, now, &mut w, &mut self.stats);
+        if ok {
+            session::pump(s, conn, self.limits, now, &mut w, &mut self.stats);
+        }
+    }
+
+    /// Sends the steps of logged outbound QoS 2 exchanges to the shards whose logs hold
+    /// their messages; those a connection waits for are answered like a publish.
+    pub(super) fn send_deliveries(&mut self) {
+        for step in std::mem::take(&mut self.deliveries) {
+            let ack = step.waiting.map(|(conn, pkid, order)| PublishAck {
+                core: self.id,
+                conn,
+                pkid,
+                qos: QoS::ExactlyOnce,
+                exchange: None,
+                step: AckStep::Delivery { order, received: step.received },
+            });
+            self.send(step.shard, CoreMsg::Release { body: step.body, ack });
+        }
+    }
+
+    /// Logs again the steps of outbound QoS 2 exchanges that failed to log (a full disk), for
+    /// the sessions connected here. Called at the checkpoint after a failure.
+    pub(super) fn retry_deliveries(&mut self) {
+        for (&id, conn) in self.conns.iter() {
+            let Some(s) = self.sessions.get_mut(&conn.client_id).filter(|s| s.conn() == Some(id)) else { continue };
+            let failed: Vec<u16> = s.inflight.iter().filter(|(_, f)| f.log_failed).map(|(&p, _)| p).collect();
+            for pkid in failed {
+                let Some(f) = s.inflight.get_mut(&pkid) else { continue };
+                f.log_failed = false;
+                let state = if f.released { DeliveryState::Received } else { DeliveryState::Sent };
+                self.deliveries.extend(s.delivery_step(pkid, state, Some(id)));
+            }
+        }
     }
 
     pub(super) fn shard_publish(&mut self, msg: SharedMessage, ack: Option<PublishAck>, now: Instant) {
@@ -406,7 +483,12 @@ impl Core {
     pub(super) fn offer(&mut self, client_id: &Bytes, out: Outgoing, now: Instant) {
         let Some(session) = self.sessions.get_mut(client_id) else { return };
         let mut conn = session.conn().and_then(|id| self.conns.get_mut(&id)).map(|c| &mut **c);
-        let mut w = Writer { out: &mut self.writes, scratch: &mut self.scratch, cache: &mut self.fanout };
+        let mut w = Writer {
+            out: &mut self.writes,
+            scratch: &mut self.scratch,
+            cache: &mut self.fanout,
+            deliveries: &mut self.deliveries,
+        };
         session::offer(session, conn.as_deref_mut(), out, self.limits, now, &mut w, &mut self.stats);
         // A client that reads, but more slowly than this is written to it: its write buffer
         // an eighth full is overload (see `overload_level`), well before QoS 0 to it is

@@ -184,14 +184,44 @@ impl Core {
         }
     }
 
+    /// Every shard answered the request. In `immediate` mode a persistent session's
+    /// (UN)SUBACK waits for its new snapshot to be durable: an acknowledged subscription
+    /// survives a crash, and so do the messages acknowledged to publishers after it.
     pub(super) fn finish_request(&mut self, req_id: u64, now: Instant) {
+        let conn = match self.pending.get(&req_id) {
+            Some(Pending::SubAck { conn, .. } | Pending::UnsubAck { conn, .. }) => *conn,
+            None => return,
+        };
+        let Some(client_id) = self.conns.get(&conn).map(|c| c.client_id.clone()) else {
+            self.pending.remove(&req_id);
+            return;
+        };
+        if self.wait_for_durable && self.journal.is_some() {
+            let ack = PublishAck {
+                core: self.id,
+                conn,
+                pkid: 0,
+                qos: QoS::AtMostOnce,
+                exchange: None,
+                step: AckStep::Snapshot { request: req_id },
+            };
+            if self.log_session(&client_id, now, Some(ack)) {
+                return;
+            }
+        } else {
+            self.persist_session(&client_id, now);
+        }
+        self.answer_request(req_id, now);
+    }
+
+    /// Sends the SUBACK (then the retained messages) or UNSUBACK of a finished request.
+    pub(super) fn answer_request(&mut self, req_id: u64, now: Instant) {
         let Some(p) = self.pending.remove(&req_id) else { return };
         match p {
             Pending::SubAck { conn, pkid, reasons, filters, retained, .. } => {
                 self.write_packet(conn, &Packet::SubAck(SubAck { pkid, properties: Properties::default(), reasons }));
                 // Retained messages follow the SUBACK, with RETAIN set [MQTT-3.3.1-8].
                 let Some(client_id) = self.conns.get(&conn).map(|c| c.client_id.clone()) else { return };
-                self.persist_session(&client_id, now);
                 for (index, msg) in retained {
                     let Some(&granted) = filters.get(index) else { continue };
                     self.offer_retained(&client_id, msg, granted, now);
@@ -202,9 +232,6 @@ impl Core {
                     conn,
                     &Packet::UnsubAck(UnsubAck { pkid, properties: Properties::default(), reasons }),
                 );
-                if let Some(client_id) = self.conns.get(&conn).map(|c| c.client_id.clone()) {
-                    self.persist_session(&client_id, now);
-                }
             }
         }
     }

@@ -991,3 +991,100 @@ fn a_persistent_sessions_qos2_exchange_is_logged_and_pubcomp_waits_for_its_relea
     c.publish(clean, topic, "c", QoS::ExactlyOnce, 4);
     assert!(matches!(record(&journals[1], 3), Record::Message(_, None)));
 }
+
+#[test]
+fn an_outbound_qos2_exchange_of_a_persistent_session_sends_each_packet_after_its_record_is_durable() {
+    // The PUBLISH waits for `sent`, the PUBREL for `received`; PUBCOMP logs `completed`
+    // (see `persist.rs`). A step that fails to log (full disk) is retried at the checkpoint.
+    let mut c = Cluster::new(2);
+    let journals: Vec<FakeJournal> = (0..2).map(|_| FakeJournal::default()).collect();
+    for (core, j) in c.cores.iter_mut().zip(&journals) {
+        core.set_journal(Box::new(j.clone()), true, Arc::new(super::RetentionPins::new(2)));
+    }
+    let clock = c.cores[0].clock;
+    let deliveries_of = |j: &FakeJournal, client: &str| -> Vec<crate::persist::Delivery> {
+        let records = j.0.borrow().records.clone();
+        records
+            .into_iter()
+            .filter_map(|b| match crate::persist::decode_record(&Bytes::from(b), &clock, Instant::now()) {
+                Ok(Record::Delivery(id, d)) if id == client => Some(d),
+                _ => None,
+            })
+            .collect()
+    };
+    let deliveries = |j: &FakeJournal| deliveries_of(j, "s2");
+    let all_durable = |c: &mut Cluster, j: &FakeJournal| {
+        let n = j.0.borrow().records.len() as u64;
+        j.0.borrow_mut().durable = n;
+        c.cores[1].on_durable(c.now);
+        c.settle();
+    };
+    let subscriber = c.open(0, persistent("s2", 100));
+    c.recv(subscriber);
+    let topic = topic_on(1, 2);
+    // In `immediate` mode the SUBACK waits for the session's snapshot to be durable.
+    let sub = Subscribe {
+        pkid: 1,
+        properties: Properties::default(),
+        filters: vec![SubscribeFilter {
+            filter: Bytes::from_static(topic.as_bytes()),
+            options: SubscriptionOptions { qos: QoS::ExactlyOnce, ..Default::default() },
+        }],
+    };
+    c.send(subscriber, Packet::Subscribe(sub));
+    assert!(c.recv(subscriber).is_empty(), "no SUBACK before the snapshot is durable");
+    for j in &journals {
+        let n = j.0.borrow().records.len() as u64;
+        j.0.borrow_mut().durable = n;
+    }
+    for core in 0..2 {
+        c.cores[core].on_durable(c.now);
+    }
+    c.settle();
+    let got = c.recv(subscriber);
+    assert!(matches!(got.as_slice(), [Packet::SubAck(_)]), "{got:?}");
+    let publisher = c.open(0, connect("p", ProtocolVersion::V5));
+    c.recv(publisher);
+    c.publish(publisher, topic, "m", QoS::ExactlyOnce, 1);
+    all_durable(&mut c, &journals[1]);
+    let pkid = match deliveries(&journals[1]).as_slice() {
+        [d] if d.state == crate::persist::DeliveryState::Sent => d.pkid,
+        other => panic!("one `sent` record expected: {other:?}"),
+    };
+    // The record was durable before the PUBLISH went out: only now is it there.
+    all_durable(&mut c, &journals[1]);
+    let got = c.recv(subscriber);
+    assert!(matches!(got.as_slice(), [Packet::Publish(p)] if p.pkid == pkid && p.qos == QoS::ExactlyOnce), "{got:?}");
+
+    // PUBREC: no PUBREL until `received` is durable; a failure is retried at the checkpoint.
+    journals[1].0.borrow_mut().failing = true;
+    c.send(subscriber, Packet::PubRec(Ack::new(pkid, 0)));
+    assert!(c.recv(subscriber).is_empty(), "no PUBREL before `received` is durable");
+    c.cores[1].on_durable(c.now);
+    c.settle();
+    assert!(c.recv(subscriber).is_empty(), "no PUBREL when `received` could not be logged");
+    journals[1].0.borrow_mut().failing = false;
+    c.advance(Duration::from_secs(2));
+    let states: Vec<_> = deliveries(&journals[1]).iter().map(|d| d.state).collect();
+    use crate::persist::DeliveryState::*;
+    assert_eq!(states, [Sent, Received, Received], "logged again after the failure");
+    all_durable(&mut c, &journals[1]);
+    let got = c.recv(subscriber);
+    assert!(matches!(got.as_slice(), [Packet::PubRel(a)] if a.pkid == pkid), "{got:?}");
+
+    c.send(subscriber, Packet::PubComp(Ack::new(pkid, 0)));
+    let last = deliveries(&journals[1]).pop().expect("records");
+    assert_eq!((last.state, last.pkid), (Completed, pkid));
+    assert!(c.cores[0].sessions.get(&Bytes::from_static(b"s2")).expect("session").inflight.is_empty());
+
+    // A clean session's QoS 2 is not logged and not held back.
+    let clean = c.open(0, connect("clean", ProtocolVersion::V5));
+    c.recv(clean);
+    c.subscribe(clean, topic, QoS::ExactlyOnce);
+    c.publish(publisher, topic, "m2", QoS::ExactlyOnce, 2);
+    all_durable(&mut c, &journals[1]);
+    let got = c.recv(clean);
+    assert!(matches!(got.as_slice(), [Packet::Publish(p)] if p.payload == "m2"), "{got:?}");
+    assert!(deliveries_of(&journals[1], "clean").is_empty());
+    assert_eq!(deliveries(&journals[1]).last().map(|d| d.state), Some(Sent), "the persistent one's is");
+}
