@@ -860,7 +860,7 @@ fn start_inflight(
     session.next_seq += 1;
     session.inflight.insert(pkid, Inflight { seq, out, released: false, logging: logged, log_failed: false });
     if logged {
-        // The PUBLISH waits for its `sent` record (see `delivered`).
+        // The PUBLISH waits for its `sent` record (see `delivery_logged`).
         w.deliveries.extend(session.delivery_step(pkid, DeliveryState::Sent, Some(conn.id)));
     }
 }

@@ -239,6 +239,9 @@ struct CloseWith {
 /// [`Core::overload_level`]), the server reads QoS 1/2 publishers more slowly until they are
 /// down to a quarter of that.
 pub const OVERLOAD_BACKLOG: usize = 8 * 1024;
+/// The most sessions [`Core::overload_level_now`] looks at between ticks (about a
+/// microsecond of work per millisecond of overload).
+const WATCHED_MAX: usize = 64;
 
 pub struct Core {
     pub id: usize,
@@ -281,8 +284,16 @@ pub struct Core {
     /// not read yet waits in its write buffer).
     backlogged_since_check: bool,
     /// The session-queue part of the overload level, as of the last tick (see
-    /// [`Core::overload_level`]); between ticks only the write-backlog part is measured again.
+    /// [`Core::overload_level`]) or the last look at `watched`.
     queue_level: f64,
+    /// The sessions whose queues count towards overload: those queued at the last tick, and
+    /// those that made the core overloaded since. Between ticks `overload_level_now` looks
+    /// at these again, so that publishers go on as soon as those queues drain (waiting for
+    /// the next tick stalled them for up to 50 ms each time). `None` when there are too many
+    /// to look at every millisecond ([`WATCHED_MAX`]): then the tick decides.
+    watched: Option<Vec<Bytes>>,
+    /// The message and byte limits of the last tick's measurement, for `watched`.
+    watched_limits: (usize, usize),
     /// Ticks so far (wrapping; see `Conn::written_tick`).
     ticks: u16,
     writes: Vec<(ConnId, Bytes)>,
@@ -376,6 +387,8 @@ impl Core {
             queued_since_check: false,
             backlogged_since_check: false,
             queue_level: 0.0,
+            watched: Some(Vec::new()),
+            watched_limits: (usize::MAX, usize::MAX),
             ticks: 0,
             writes: Vec::new(),
             scratch: BytesMut::with_capacity(4096),
@@ -467,7 +480,46 @@ impl Core {
     /// wait, and publishers must not wait for the next tick to learn it.
     pub fn overload_level_now(&mut self) -> f64 {
         self.overload_signalled = false;
+        if self.queue_level > 0.0 {
+            if let Some(level) = self.watched_queue_level() {
+                self.queue_level = level;
+            }
+        }
         self.queue_level.max(self.write_backlog_level())
+    }
+
+    /// The queue part of the overload level over the watched sessions only: their queues
+    /// against the last tick's limit together, and each against the quarter of its bound that
+    /// made it overload on its own (see `Core::offer`). `None` when too many are watched.
+    fn watched_queue_level(&self) -> Option<f64> {
+        let watched = self.watched.as_ref()?;
+        let (max_messages, max_bytes) = self.watched_limits;
+        let quarter = (self.limits.max_queued / 4).max(1);
+        let quarter_bytes = (self.limits.max_queued_bytes / 4).max(1);
+        let (mut messages, mut bytes, mut alone) = (0usize, 0usize, 0.0f64);
+        for s in watched.iter().filter_map(|id| self.sessions.get(id)).filter(|s| s.conn().is_some()) {
+            messages += s.queue.len();
+            bytes += s.queue.bytes();
+            alone = alone.max(s.queue.len() as f64 / quarter as f64);
+            if self.limits.max_queued_bytes > 0 {
+                alone = alone.max(s.queue.bytes() as f64 / quarter_bytes as f64);
+            }
+        }
+        let together = (messages as f64 / max_messages.max(1) as f64).max(bytes as f64 / max_bytes.max(1) as f64);
+        Some(together.max(alone))
+    }
+
+    /// Adds a session to those `overload_level_now` looks at between ticks.
+    pub(super) fn watch_queue(&mut self, client_id: &Bytes) {
+        if let Some(w) = &mut self.watched {
+            if !w.contains(client_id) {
+                if w.len() >= WATCHED_MAX {
+                    self.watched = None;
+                } else {
+                    w.push(client_id.clone());
+                }
+            }
+        }
     }
 
     /// QoS 0 has no queue: what a subscriber has not read yet waits in its write buffer.
@@ -500,22 +552,35 @@ impl Core {
             return 0.0;
         }
         let (mut messages, mut bytes, mut sessions) = (0usize, 0usize, 0usize);
+        let mut watched = Some(Vec::new());
         for s in self.sessions.values_mut() {
             if s.conn().is_some() && std::mem::take(&mut s.acked_since_check) {
                 messages += s.queue.len();
                 bytes += s.queue.bytes();
                 sessions += 1;
+                if !s.queue.is_empty() {
+                    if let Some(w) = &mut watched {
+                        if w.len() >= WATCHED_MAX {
+                            watched = None;
+                        } else {
+                            w.push(s.client_id.clone());
+                        }
+                    }
+                }
             }
         }
+        self.watched = watched;
         if sessions == 0 {
             return 0.0;
         }
         let limit = (sessions.saturating_mul(self.limits.max_queued) / 2).clamp(1, OVERLOAD_BACKLOG);
         let mut level = messages as f64 / limit as f64;
+        let mut limit_bytes = usize::MAX;
         if self.limits.max_queued_bytes > 0 {
-            let limit = (sessions.saturating_mul(self.limits.max_queued_bytes) / 2).max(1);
-            level = level.max(bytes as f64 / limit as f64);
+            limit_bytes = (sessions.saturating_mul(self.limits.max_queued_bytes) / 2).max(1);
+            level = level.max(bytes as f64 / limit_bytes as f64);
         }
+        self.watched_limits = (limit, limit_bytes);
         level
     }
 

@@ -517,9 +517,9 @@ impl Core {
                 || (self.limits.max_queued_bytes > 0 && session.queue.bytes() > self.limits.max_queued_bytes / 4))
         {
             self.overload_signalled = true;
-            // Until the next tick measures the queues, the fast checks between ticks
-            // (`overload_level_now`) must not clear this.
+            // The fast checks between ticks (`overload_level_now`) look at this queue again.
             self.queue_level = self.queue_level.max(1.0);
+            self.watch_queue(client_id);
             self.actions.push(Action::Overloaded);
         }
     }

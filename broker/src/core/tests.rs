@@ -1088,3 +1088,41 @@ fn an_outbound_qos2_exchange_of_a_persistent_session_sends_each_packet_after_its
     assert!(deliveries_of(&journals[1], "clean").is_empty());
     assert_eq!(deliveries(&journals[1]).last().map(|d| d.state), Some(Sent), "the persistent one's is");
 }
+
+#[test]
+fn overload_from_one_queue_ends_as_soon_as_that_queue_drains_not_at_the_next_tick() {
+    // Publishers wait while the broker is overloaded and look again every millisecond
+    // (`overload_level_now`). A queue that made it overloaded is measured again each time:
+    // once the subscriber has taken it, publishers go on (they used to wait for the tick).
+    let config = Config { max_inflight: 1, ..Config::default() };
+    let mut c = Cluster::with_config(1, config);
+    let sub = c.open(0, connect("slow-sub", ProtocolVersion::V5));
+    c.recv(sub);
+    c.subscribe(sub, "load/q", QoS::AtLeastOnce);
+    let publisher = c.open(0, connect("fast-pub", ProtocolVersion::V5));
+    // The subscriber acknowledges (only a client that does counts towards overload).
+    c.publish(publisher, "load/q", "m", QoS::AtLeastOnce, 1);
+    let first = c.recv(sub);
+    assert!(matches!(first.as_slice(), [Packet::Publish(p)] if p.pkid == 1), "{first:?}");
+    c.send(sub, Packet::PubAck(Ack::new(1, 0)));
+    for i in 1..300u16 {
+        c.publish(publisher, "load/q", "m", QoS::AtLeastOnce, i + 1);
+    }
+    assert!(c.cores[0].overload_level_now() >= 1.0, "a queue a quarter full (250 of 1,000) is overload");
+    // The subscriber takes everything, one in flight at a time, without a tick in between.
+    let mut acked = 1;
+    loop {
+        let got = c.recv(sub);
+        if got.is_empty() {
+            break;
+        }
+        for p in got {
+            if let Packet::Publish(p) = p {
+                c.send(sub, Packet::PubAck(Ack::new(p.pkid, 0)));
+                acked += 1;
+            }
+        }
+    }
+    assert_eq!(acked, 300);
+    assert!(c.cores[0].overload_level_now() < 0.25, "the drained queue ends the overload at once");
+}
