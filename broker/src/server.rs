@@ -551,6 +551,8 @@ struct Driver {
     /// Parked connections the core has something for: unparked by [`unpark_loop`].
     to_unpark: RefCell<Vec<ConnId>>,
     unpark_signal: LocalSignal,
+    /// Starts [`overload_loop`]: this core became overloaded, or holds acknowledgements.
+    overload_signal: LocalSignal,
     parked_count: Cell<u64>,
     /// When [`Driver::update_overload`] last ran.
     overload_checked: Cell<Instant>,
@@ -591,12 +593,14 @@ async fn run_core(index: usize, shared: Arc<Shared>, start: Option<CoreStart>) {
         parker: rt::Parker::new().ok(),
         to_unpark: RefCell::new(Vec::new()),
         unpark_signal: LocalSignal::default(),
+        overload_signal: LocalSignal::default(),
         parked_count: Cell::new(0),
         overload_checked: Cell::new(Instant::now()),
         shared,
     });
     rt::spawn_local(drain_inbox(Rc::clone(&driver)));
     rt::spawn_local(tick(Rc::clone(&driver)));
+    rt::spawn_local(overload_loop(Rc::clone(&driver)));
     if driver.parker.is_some() {
         rt::spawn_local(unpark_loop(Rc::clone(&driver)));
     }
@@ -1147,6 +1151,29 @@ async fn drain_inbox(driver: Rc<Driver>) {
     }
 }
 
+/// While this core is overloaded or holds inbound acknowledgements: looks again every
+/// millisecond whether its overload is over (publishers on other cores wait for it too, and
+/// must not wait for the next tick) and sends the acknowledgements once no core is
+/// overloaded, or once they waited [`OVERLOAD_PAUSE`].
+async fn overload_loop(driver: Rc<Driver>) {
+    loop {
+        driver.overload_signal.wait().await;
+        while driver.overloaded.get() || driver.core.borrow().held_acks() > 0 {
+            rt::sleep(Duration::from_millis(1)).await;
+            driver.update_overload_soon();
+            let overloaded = driver.shared.overloaded.load(Ordering::Acquire) > 0;
+            {
+                let mut core = driver.core.borrow_mut();
+                core.set_hold_acks(overloaded);
+                if let Some(before) = Instant::now().checked_sub(OVERLOAD_PAUSE) {
+                    core.release_held_acks(Some(before));
+                }
+            }
+            driver.dispatch();
+        }
+    }
+}
+
 async fn tick(driver: Rc<Driver>) {
     let mut next_gauges = Instant::now();
     let mut next_sys = Instant::now() + Duration::from_secs(1);
@@ -1280,6 +1307,18 @@ impl Driver {
 
     /// Carries out the actions the core produced.
     fn dispatch(&self) {
+        // Inbound acknowledgements wait while any core is overloaded (see
+        // `Core::set_hold_acks`); `overload_loop` ends the hold.
+        let overloaded = self.shared.overloaded.load(Ordering::Acquire) > 0;
+        {
+            let mut core = self.core.borrow_mut();
+            if overloaded != core.holding_acks() {
+                core.set_hold_acks(overloaded);
+            }
+            if overloaded || core.held_acks() > 0 {
+                self.overload_signal.signal();
+            }
+        }
         let mut actions = std::mem::take(&mut *self.actions.borrow_mut());
         self.core.borrow_mut().take_actions(&mut actions);
         if actions.is_empty() {
@@ -1437,6 +1476,7 @@ impl Driver {
         if !self.overloaded.replace(true) {
             self.shared.overloaded.fetch_add(1, Ordering::AcqRel);
             self.core.borrow_mut().stats.overloads += 1;
+            self.overload_signal.signal();
         }
     }
 

@@ -294,6 +294,10 @@ pub struct Core {
     watched: Option<Vec<Bytes>>,
     /// The message and byte limits of the last tick's measurement, for `watched`.
     watched_limits: (usize, usize),
+    /// Inbound QoS 1/2 acknowledgements wait while set (see [`Core::set_hold_acks`]).
+    hold_acks: bool,
+    /// Those waiting, oldest first: (held since, connection, packet id, QoS, reason code).
+    held_acks: VecDeque<(Instant, ConnId, u16, QoS, u8)>,
     /// Ticks so far (wrapping; see `Conn::written_tick`).
     ticks: u16,
     writes: Vec<(ConnId, Bytes)>,
@@ -389,6 +393,8 @@ impl Core {
             queue_level: 0.0,
             watched: Some(Vec::new()),
             watched_limits: (usize::MAX, usize::MAX),
+            hold_acks: false,
+            held_acks: VecDeque::new(),
             ticks: 0,
             writes: Vec::new(),
             scratch: BytesMut::with_capacity(4096),

@@ -171,6 +171,16 @@ impl Core {
             // Where the exchange is logged, for retention (see `publish_pins`).
             at.seq = seq;
         }
+        if self.hold_acks && code < 0x80 {
+            // Overloaded: the publisher waits for this (see `set_hold_acks`).
+            self.held_acks.push_back((now, id, pkid, qos, code));
+            return;
+        }
+        self.write_publish_ack(id, pkid, qos, code);
+    }
+
+    /// The PUBACK (QoS 1) or PUBREC (QoS 2) of an inbound publish.
+    fn write_publish_ack(&mut self, id: ConnId, pkid: u16, qos: QoS, code: u8) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
         let code = if conn.version.is_v5() { code } else { reason::SUCCESS };
         let packet = if qos == QoS::ExactlyOnce {
@@ -180,6 +190,42 @@ impl Core {
             Packet::PubAck(Ack::new(pkid, code))
         };
         self.write_packet(id, &packet);
+    }
+
+    /// While the broker is overloaded, the PUBACK/PUBREC of inbound QoS 1/2 publishes wait:
+    /// a publisher may have only so many unacknowledged (its Receive Maximum), so it stops
+    /// sending, and what is taken in stays bounded by those windows. Reading less from
+    /// publishers alone did not bound it: what they had sent before the overload showed
+    /// still filled subscribers' queues past their limits, and those dropped QoS 1 messages.
+    /// Ending the hold sends every held acknowledgement.
+    pub fn set_hold_acks(&mut self, hold: bool) {
+        self.hold_acks = hold;
+        if !hold {
+            self.release_held_acks(None);
+        }
+    }
+
+    /// Sends the held acknowledgements held since `before` or earlier (all with `None`): a
+    /// hold is bounded in time, so that even a wrong overload verdict costs publishers only
+    /// throughput.
+    pub fn release_held_acks(&mut self, before: Option<Instant>) {
+        while let Some(&(held_at, id, pkid, qos, code)) = self.held_acks.front() {
+            if before.is_some_and(|b| held_at > b) {
+                break;
+            }
+            self.held_acks.pop_front();
+            self.write_publish_ack(id, pkid, qos, code);
+        }
+        self.flush_writes();
+    }
+
+    /// Acknowledgements held back (see [`Core::set_hold_acks`]).
+    pub fn held_acks(&self) -> usize {
+        self.held_acks.len()
+    }
+
+    pub fn holding_acks(&self) -> bool {
+        self.hold_acks
     }
 
     pub(super) fn on_pubrel(&mut self, id: ConnId, pkid: u16) {

@@ -1126,3 +1126,31 @@ fn overload_from_one_queue_ends_as_soon_as_that_queue_drains_not_at_the_next_tic
     assert_eq!(acked, 300);
     assert!(c.cores[0].overload_level_now() < 0.25, "the drained queue ends the overload at once");
 }
+
+#[test]
+fn inbound_acknowledgements_wait_while_the_broker_is_overloaded_and_at_most_the_pause() {
+    let mut c = Cluster::new(1);
+    let publisher = c.open(0, connect("held-pub", ProtocolVersion::V5));
+    c.recv(publisher);
+    c.cores[0].set_hold_acks(true);
+    c.publish(publisher, "held/a", "m", QoS::AtLeastOnce, 1);
+    c.publish(publisher, "held/b", "m", QoS::ExactlyOnce, 2);
+    assert!(c.recv(publisher).is_empty(), "no PUBACK/PUBREC while overloaded");
+    assert_eq!(c.cores[0].held_acks(), 2);
+    // Bounded in time: those held since before the given instant go out.
+    c.cores[0].release_held_acks(Some(c.now - Duration::from_millis(1)));
+    c.settle();
+    assert!(c.recv(publisher).is_empty(), "held for less than the bound");
+    c.cores[0].release_held_acks(Some(c.now));
+    c.settle();
+    let got = c.recv(publisher);
+    assert!(matches!(got.as_slice(), [Packet::PubAck(a), Packet::PubRec(b)] if a.pkid == 1 && b.pkid == 2), "{got:?}");
+    // The end of the overload sends the rest at once; then nothing is held.
+    c.publish(publisher, "held/a", "m", QoS::AtLeastOnce, 3);
+    assert!(c.recv(publisher).is_empty());
+    c.cores[0].set_hold_acks(false);
+    c.settle();
+    assert!(matches!(c.recv(publisher).as_slice(), [Packet::PubAck(a)] if a.pkid == 3));
+    c.publish(publisher, "held/a", "m", QoS::AtLeastOnce, 4);
+    assert!(matches!(c.recv(publisher).as_slice(), [Packet::PubAck(a)] if a.pkid == 4));
+}
