@@ -70,6 +70,11 @@ pub struct Options {
     /// reads slower than publishers write
     #[arg(long, default_value_t = 131_072)]
     pub sndbuf: u32,
+    /// Subscribers ask for sessions the broker keeps (clean start 0; 5.0 Session Expiry 60 s;
+    /// the client ids are unique per run). Brokers log such sessions' progress, and some (PromptMQ) each
+    /// step of their QoS 2 exchanges: this measures what that costs
+    #[arg(long)]
+    pub persistent_subscribers: bool,
     /// Measured seconds (after the warm-up); for `conns`, how long the connections are held
     #[arg(long, default_value_t = 5.0)]
     pub duration: f64,

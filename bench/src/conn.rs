@@ -79,13 +79,15 @@ pub struct Client {
 }
 
 /// TCP connect, CONNECT, and wait for a successful CONNACK. `sndbuf` fixes the socket's send
-/// buffer (SO_SNDBUF) instead of letting the kernel grow it.
+/// buffer (SO_SNDBUF) instead of letting the kernel grow it; `session_expiry` asks for a
+/// session the broker keeps (see [`mqtt::encode_connect`]).
 pub async fn connect(
     addr: SocketAddr,
     version: Version,
     client_id: &str,
     read_capacity: usize,
     sndbuf: Option<u32>,
+    session_expiry: Option<u32>,
     timeout: Duration,
 ) -> Result<Client> {
     let fut = async {
@@ -96,7 +98,7 @@ pub async fn connect(
         let mut stream: TcpStream = socket.connect(addr).await.with_context(|| format!("connect to {addr}"))?;
         stream.set_nodelay(true)?;
         let mut out = Vec::with_capacity(64);
-        mqtt::encode_connect(&mut out, version, client_id, KEEP_ALIVE_SECS);
+        mqtt::encode_connect(&mut out, version, client_id, KEEP_ALIVE_SECS, session_expiry);
         stream.write_all(&out).await?;
         let mut rbuf = ReadBuf::new(read_capacity);
         let (header, body) = rbuf.next_packet(&mut stream).await.context("waiting for CONNACK")?;

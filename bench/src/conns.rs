@@ -47,7 +47,7 @@ pub async fn run(opts: &Options, addr: SocketAddr) -> Result<Report> {
             let id = format!("pmqb-{}-c{i}", std::process::id());
             let client = {
                 let Ok(_permit) = gate.acquire().await else { return };
-                conn::connect(addr, version, &id, 64, None, CONNECT_TIMEOUT).await
+                conn::connect(addr, version, &id, 64, None, None, CONNECT_TIMEOUT).await
             };
             let mut client = match client {
                 Ok(c) => c,

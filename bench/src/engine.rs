@@ -20,6 +20,9 @@ use crate::report::{rss_kb, Latency, Report, Usage};
 use crate::stamp::{self, SeqTrack, Stamp, STAMP_LEN};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Session Expiry Interval of `--persistent-subscribers` (seconds): long enough for a run,
+/// short enough that the sessions do not outlive it by much.
+const PERSISTENT_SESSION_EXPIRY: u32 = 60;
 /// Bytes encoded per write when the rate allows it.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 const SUB_READ_BYTES: usize = 256 * 1024;
@@ -122,7 +125,8 @@ pub async fn run(opts: &Options, addr: SocketAddr) -> Result<Report> {
     let mut subs = Vec::with_capacity(ns);
     for (i, filter) in lay.sub_filters.iter().enumerate() {
         let id = format!("pmqb-{}-s{i}", std::process::id());
-        let mut c = conn::connect(addr, version, &id, SUB_READ_BYTES, None, CONNECT_TIMEOUT)
+        let expiry = opts.persistent_subscribers.then_some(PERSISTENT_SESSION_EXPIRY);
+        let mut c = conn::connect(addr, version, &id, SUB_READ_BYTES, None, expiry, CONNECT_TIMEOUT)
             .await
             .with_context(|| format!("subscriber {i}"))?;
         c.subscribe(version, filter, qos, CONNECT_TIMEOUT).await.with_context(|| format!("subscriber {i}"))?;
@@ -133,7 +137,7 @@ pub async fn run(opts: &Options, addr: SocketAddr) -> Result<Report> {
     for i in 0..np {
         let id = format!("pmqb-{}-p{i}", std::process::id());
         pubs.push(
-            conn::connect(addr, version, &id, 64 * 1024, sndbuf, CONNECT_TIMEOUT)
+            conn::connect(addr, version, &id, 64 * 1024, sndbuf, None, CONNECT_TIMEOUT)
                 .await
                 .with_context(|| format!("publisher {i}"))?,
         );

@@ -75,14 +75,27 @@ fn put_str(buf: &mut Vec<u8>, s: &[u8]) {
     buf.extend_from_slice(s);
 }
 
-/// CONNECT with a clean start, no will, no credentials. For 5.0 it advertises Receive
-/// Maximum 65535 so the broker's outgoing QoS 1/2 window is not limited by the client.
-pub fn encode_connect(buf: &mut Vec<u8>, version: Version, client_id: &str, keep_alive: u16) {
-    let props: &[u8] = match version {
-        Version::V311 => &[],
+/// CONNECT with no will and no credentials: a clean start, or (`session_expiry` given) a
+/// session the broker keeps (3.1.1 clean session 0; 5.0 clean start 0 with that Session
+/// Expiry Interval). For 5.0 it advertises Receive Maximum 65535 so the broker's outgoing
+/// QoS 1/2 window is not limited by the client.
+pub fn encode_connect(
+    buf: &mut Vec<u8>,
+    version: Version,
+    client_id: &str,
+    keep_alive: u16,
+    session_expiry: Option<u32>,
+) {
+    let mut props: Vec<u8> = Vec::with_capacity(8);
+    if version == Version::V5 {
         // Receive Maximum (0x21) = 65535.
-        Version::V5 => &[0x21, 0xff, 0xff],
-    };
+        props.extend_from_slice(&[0x21, 0xff, 0xff]);
+        if let Some(secs) = session_expiry {
+            // Session Expiry Interval (0x11).
+            props.push(0x11);
+            props.extend_from_slice(&secs.to_be_bytes());
+        }
+    }
     let mut len = 2 + 4 + 1 + 1 + 2 + 2 + client_id.len();
     if version == Version::V5 {
         len += varint_len(props.len()) + props.len();
@@ -91,11 +104,11 @@ pub fn encode_connect(buf: &mut Vec<u8>, version: Version, client_id: &str, keep
     put_varint(buf, len);
     put_str(buf, b"MQTT");
     buf.push(version.level());
-    buf.push(0x02); // clean session / clean start
+    buf.push(if session_expiry.is_some() { 0x00 } else { 0x02 }); // clean session / clean start
     buf.extend_from_slice(&keep_alive.to_be_bytes());
     if version == Version::V5 {
         put_varint(buf, props.len());
-        buf.extend_from_slice(props);
+        buf.extend_from_slice(&props);
     }
     put_str(buf, client_id.as_bytes());
 }
@@ -313,11 +326,21 @@ mod tests {
     #[test]
     fn connect_bytes_311_and_5() {
         let mut b = Vec::new();
-        encode_connect(&mut b, Version::V311, "ab", 60);
+        encode_connect(&mut b, Version::V311, "ab", 60, None);
         assert_eq!(b, [0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 2, b'a', b'b']);
         b.clear();
-        encode_connect(&mut b, Version::V5, "ab", 60);
+        encode_connect(&mut b, Version::V5, "ab", 60, None);
         assert_eq!(b, [0x10, 18, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 3, 0x21, 0xff, 0xff, 0, 2, b'a', b'b']);
+        b.clear();
+        encode_connect(&mut b, Version::V311, "ab", 60, Some(300));
+        assert_eq!(b, [0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 0, 0, 60, 0, 2, b'a', b'b']);
+        b.clear();
+        encode_connect(&mut b, Version::V5, "ab", 60, Some(300));
+        let props = [8, 0x21, 0xff, 0xff, 0x11, 0, 0, 1, 44];
+        let mut want = vec![0x10, 23, 0, 4, b'M', b'Q', b'T', b'T', 5, 0, 0, 60];
+        want.extend_from_slice(&props);
+        want.extend_from_slice(&[0, 2, b'a', b'b']);
+        assert_eq!(b, want);
     }
 
     #[test]
