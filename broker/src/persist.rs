@@ -6,7 +6,8 @@
 //! ```text
 //! body    := version=1 u8 | kind u8 | kind-specific fields
 //! message := kind=1
-//!            flags          u8   bits 0-1 QoS, bit 2 RETAIN, bit 3 inbound exchange
+//!            flags          u8   bits 0-1 QoS, bit 2 RETAIN, bit 3 inbound exchange,
+//!                                bit 4 shared targets
 //!            topic          u16 length + bytes
 //!            publisher      u16 length + bytes (client id, for No Local)
 //!            expiry_ms      u64  absolute Unix time in ms when it expires, 0 = never
@@ -14,6 +15,9 @@
 //!            payload        u32 length + bytes
 //!            [exchange]     with flags bit 3: the publisher's persistent session was in a
 //!                           QoS 2 exchange for it: incarnation u64 | packet id u16
+//!            [shared to]    with flags bit 4: u16 count, then client id u16+bytes each: the
+//!                           members of shared subscriptions the shard routed it to (one per
+//!                           group), so that after a crash it is owed to those alone
 //! properties := present u8   bit 0 payload format, 1 content type, 2 response topic,
 //!                            3 correlation data, 4 message expiry interval (wills; a
 //!                            message stores its absolute expiry instead), 5 will delay
@@ -131,8 +135,9 @@ pub struct SessionRecord {
 /// Any record the broker writes.
 #[derive(Debug)]
 pub enum Record {
-    /// A routed message, and the publisher's QoS 2 exchange when one was logged with it.
-    Message(Box<Message>, Option<Exchange>),
+    /// A routed message, the publisher's QoS 2 exchange when one was logged with it, and the
+    /// shared subscription members it went to.
+    Message(Box<Message>, Option<Exchange>, Vec<Bytes>),
     Session(SessionRecord),
     SessionEnd(Bytes),
     /// The client (first) released this exchange.
@@ -295,13 +300,18 @@ fn put_short(out: &mut Vec<u8>, b: &[u8]) {
 }
 
 /// Encodes a routed message for the WAL, with the publisher's QoS 2 exchange when its
-/// session is persistent.
-pub fn encode_message(msg: &Message, clock: &WallClock, exchange: Option<Exchange>) -> Vec<u8> {
+/// session is persistent and the shared subscription members it was routed to.
+pub fn encode_message(msg: &Message, clock: &WallClock, exchange: Option<Exchange>, shared_to: &[Bytes]) -> Vec<u8> {
     let p = &msg.properties;
     let mut out = Vec::with_capacity(64 + msg.topic.len() + msg.payload.len());
     out.push(VERSION);
     out.push(KIND_MESSAGE);
-    out.push(msg.qos as u8 | u8::from(msg.retain) << 2 | u8::from(exchange.is_some()) << 3);
+    out.push(
+        msg.qos as u8
+            | u8::from(msg.retain) << 2
+            | u8::from(exchange.is_some()) << 3
+            | u8::from(!shared_to.is_empty()) << 4,
+    );
     put_short(&mut out, &msg.topic);
     put_short(&mut out, &msg.publisher);
     out.put_u64_le(msg.expires_at.map_or(0, |t| clock.unix_ms(t).max(1)));
@@ -312,6 +322,12 @@ pub fn encode_message(msg: &Message, clock: &WallClock, exchange: Option<Exchang
     if let Some(x) = exchange {
         out.put_u64_le(x.incarnation);
         out.put_u16_le(x.pkid);
+    }
+    if !shared_to.is_empty() {
+        out.put_u16_le(shared_to.len().min(usize::from(u16::MAX)) as u16);
+        for client_id in shared_to.iter().take(usize::from(u16::MAX)) {
+            put_short(&mut out, client_id);
+        }
     }
     out
 }
@@ -399,7 +415,7 @@ impl Reader<'_> {
 /// Decodes any record body. `body` should own its bytes (a copy of the WAL record).
 pub fn decode_record(body: &Bytes, clock: &WallClock, now: Instant) -> Result<Record, RecordError> {
     match body.get(1) {
-        Some(&KIND_MESSAGE) => decode_message(body, clock, now).map(|(m, x)| Record::Message(Box::new(m), x)),
+        Some(&KIND_MESSAGE) => decode_message(body, clock, now).map(|(m, x, to)| Record::Message(Box::new(m), x, to)),
         Some(&KIND_RELEASE) => {
             let mut r = Reader { body, at: 0 };
             let version = r.u8()?;
@@ -502,7 +518,7 @@ pub fn decode_message(
     body: &Bytes,
     clock: &WallClock,
     now: Instant,
-) -> Result<(Message, Option<Exchange>), RecordError> {
+) -> Result<(Message, Option<Exchange>, Vec<Bytes>), RecordError> {
     let mut r = Reader { body, at: 0 };
     let version = r.u8()?;
     if version != VERSION {
@@ -522,9 +538,16 @@ pub fn decode_message(
     let len = r.u32()? as usize;
     let payload = r.take(len)?;
     let exchange = if flags & 0b1000 != 0 { Some(Exchange { incarnation: r.u64()?, pkid: r.u16()? }) } else { None };
+    let mut shared_to = Vec::new();
+    if flags & 0b1_0000 != 0 {
+        let count = r.u16()?;
+        for _ in 0..count {
+            shared_to.push(r.short()?);
+        }
+    }
     r.done()?;
     let expires_at = (expiry_ms != 0).then(|| clock.instant(expiry_ms, now));
-    Ok((Message { topic, payload, qos, retain, properties, publisher, expires_at }, exchange))
+    Ok((Message { topic, payload, qos, retain, properties, publisher, expires_at }, exchange, shared_to))
 }
 
 #[cfg(test)]
@@ -556,9 +579,13 @@ mod tests {
             expires_at: Some(now + Duration::from_secs(30)),
         };
         let exchange = Exchange { incarnation: 0xfeed_beef_0001, pkid: 7 };
-        for x in [None, Some(exchange)] {
-            let body = Bytes::from(encode_message(&msg, &c, x));
-            let (back, back_x) = decode_message(&body, &c, now).expect("decodes");
+        let members = vec![Bytes::from_static(b"member-1"), Bytes::from_static(b"m2")];
+        let cases =
+            [(None, Vec::new()), (Some(exchange), Vec::new()), (None, members.clone()), (Some(exchange), members)];
+        for (x, to) in cases {
+            let body = Bytes::from(encode_message(&msg, &c, x, &to));
+            let (back, back_x, back_to) = decode_message(&body, &c, now).expect("decodes");
+            assert_eq!(back_to, to);
             assert_eq!(
                 (back.topic, back.payload, back.qos, back.retain),
                 (msg.topic.clone(), msg.payload.clone(), msg.qos, msg.retain)
@@ -621,7 +648,7 @@ mod tests {
             publisher: Bytes::new(),
             expires_at: Some(now + Duration::from_secs(10)),
         };
-        let body = Bytes::from(encode_message(&msg, &before, None));
+        let body = Bytes::from(encode_message(&msg, &before, None, &[]));
         // "Restarted" 4 s of wall time later, with a new monotonic anchor.
         let later = now + Duration::from_secs(100);
         let after = WallClock { anchor: later, anchor_unix_ms: before.anchor_unix_ms + 4_000 };
@@ -743,7 +770,7 @@ mod tests {
             publisher: Bytes::new(),
             expires_at: None,
         };
-        let body = encode_message(&msg, &c, None);
+        let body = encode_message(&msg, &c, None, &[Bytes::from_static(b"member")]);
         for cut in 0..body.len() {
             assert!(decode_message(&Bytes::copy_from_slice(&body[..cut]), &c, now).is_err());
         }

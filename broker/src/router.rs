@@ -183,13 +183,16 @@ impl SubscriptionIndex {
     /// `out` (overlapping subscriptions merged: highest QoS, all subscription identifiers,
     /// retain kept if any matching subscription has Retain As Published), plus one per
     /// shared group (round robin). `publisher` is used for No Local [MQTT-3.8.3-3].
-    pub fn route(&mut self, msg: &SharedMessage, out: &mut Vec<Target>) {
+    /// Returns how many of the targets, at the end of `out`, are shared group members.
+    pub fn route(&mut self, msg: &SharedMessage, out: &mut Vec<Target>) -> usize {
         let start = out.len();
         let dollar = msg.topic.first() == Some(&b'$');
         let mut shared = Vec::new();
         Self::collect(&mut self.root, Some(&msg.topic[..]), dollar, msg, out, &mut shared);
         merge_overlapping(out, start);
+        let n = shared.len();
         out.append(&mut shared);
+        n
     }
 
     /// `rest` is the unmatched part of the topic (`None` once every level is matched);

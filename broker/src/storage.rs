@@ -135,7 +135,7 @@ pub fn recover(config: &Config, clock: &WallClock, now: Instant) -> Result<Recov
             let key = (r.timestamp_ms, shard, r.seq);
             let body = Bytes::copy_from_slice(r.body);
             match persist::decode_record(&body, clock, now) {
-                Ok(Record::Message(msg, exchange)) => {
+                Ok(Record::Message(msg, exchange, _)) => {
                     if let Some(x) = exchange {
                         let open = exchanges.entry((msg.publisher.clone(), x.incarnation)).or_default();
                         open.insert((shard, x.pkid), r.seq);
@@ -229,23 +229,27 @@ pub fn recover(config: &Config, clock: &WallClock, now: Instant) -> Result<Recov
                 wildcard.push(index);
             }
         }
+        let by_client: HashMap<Bytes, usize> =
+            restored.iter().enumerate().map(|(index, (s, _))| (s.client_id.clone(), index)).collect();
         let mut candidates: Vec<usize> = Vec::new();
         for (shard, log) in &opened {
             let start = restored.iter().map(|(s, _)| s.seen.get(shard).copied().unwrap_or(0)).min().unwrap_or(0);
             log.read_from(start + 1, |r| {
                 let body = Bytes::copy_from_slice(r.body);
-                let Ok(Record::Message(msg, _)) = persist::decode_record(&body, clock, now) else { return };
+                let Ok(Record::Message(msg, _, shared_to)) = persist::decode_record(&body, clock, now) else { return };
                 if msg.qos == QoS::AtMostOnce || msg.is_expired(now) {
                     return;
                 }
                 let msg = Arc::new(*msg);
                 candidates.clear();
                 candidates.extend(by_topic.get(&msg.topic).into_iter().flatten().chain(&wildcard));
+                candidates.extend(shared_to.iter().filter_map(|c| by_client.get(c)));
                 candidates.sort_unstable();
                 candidates.dedup();
                 for &index in &candidates {
                     let session = &mut restored[index].0;
-                    let Some(mut out) = owed(session, *shard, r.seq, &msg) else { continue };
+                    let shared = shared_to.contains(&session.client_id);
+                    let Some(mut out) = owed(session, *shard, r.seq, &msg, shared) else { continue };
                     match outbound[index].get(&(*shard, r.seq)) {
                         Some(&(_, _, DeliveryState::Completed)) => continue,
                         Some(&(order, pkid, state)) => {
@@ -322,19 +326,22 @@ fn session_from(rec: SessionRecord, clock: &WallClock, now: Instant) -> Session 
 
 /// The delivery `session` is owed for message `seq` of `shard`'s log, if any: the message
 /// is after the session's progress and after the start of a subscription that matches it
-/// (one copy for overlapping subscriptions, highest QoS, all identifiers). Shared
-/// subscriptions are not restored from the log (their messages went to one member).
-fn owed(session: &Session, shard: usize, seq: u64, msg: &SharedMessage) -> Option<Outgoing> {
+/// (one copy for overlapping subscriptions, highest QoS, all identifiers). Its shared
+/// subscriptions count only when its record names the session as the member the message
+/// went to (`shared`): each message of a group is owed to one member.
+fn owed(session: &Session, shard: usize, seq: u64, msg: &SharedMessage, shared: bool) -> Option<Outgoing> {
     if seq <= session.seen.get(&shard).copied().unwrap_or(0) {
         return None;
     }
     let mut out: Option<Outgoing> = None;
     for (filter, sub) in session.subscriptions.iter() {
-        if !matches!(topic::parse_shared(filter), Ok(None)) {
-            continue;
-        }
+        let inner = match topic::parse_shared(filter) {
+            Ok(None) => &filter[..],
+            Ok(Some((_, inner))) if shared => inner,
+            _ => continue,
+        };
         let since = sub.since.iter().find(|(s, _)| *s == shard).map_or(0, |(_, seq)| *seq);
-        if seq <= since || !topic::matches(filter, &msg.topic) {
+        if seq <= since || !topic::matches(inner, &msg.topic) {
             continue;
         }
         if sub.options.no_local && msg.publisher == session.client_id {

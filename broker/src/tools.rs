@@ -86,7 +86,7 @@ pub fn wal_stats(data_dir: &Path, top: usize, out: &mut impl Write) -> Result<()
                 oldest = Some(oldest.map_or(r.timestamp_ms, |o| o.min(r.timestamp_ms)));
                 newest = Some(newest.map_or(r.timestamp_ms, |n| n.max(r.timestamp_ms)));
                 match persist::decode_record(&Bytes::copy_from_slice(r.body), &clock, now) {
-                    Ok(Record::Message(m, _)) => {
+                    Ok(Record::Message(m, ..)) => {
                         let t = topics.entry(m.topic.clone()).or_default();
                         t.records += 1;
                         t.bytes += m.payload.len() as u64;
@@ -133,7 +133,7 @@ pub fn wal_dump(data_dir: &Path, topic: &str, limit: usize, out: &mut impl Write
             &dir,
             |_, _| {},
             |r| {
-                let Ok(Record::Message(m, _)) = persist::decode_record(&Bytes::copy_from_slice(r.body), &clock, now)
+                let Ok(Record::Message(m, ..)) = persist::decode_record(&Bytes::copy_from_slice(r.body), &clock, now)
                 else {
                     return;
                 };

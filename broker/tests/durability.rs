@@ -692,3 +692,48 @@ async fn a_subscription_acknowledged_in_immediate_mode_survives_kill_9_right_aft
         assert_eq!(got.payload.as_ref(), b"kept", "round {round}");
     }
 }
+
+// A shared subscription's messages are owed to the member they went to, also across a crash:
+// what was routed to an offline persistent member comes back to it after `kill -9` (each
+// message of a group to one member [MQTT-4.8.2-2]), and nothing that went to another member
+// is sent to it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_routed_to_an_offline_shared_subscription_member_survive_kill_9() {
+    skip_on_mosquitto!("crash test of promptmq's WAL");
+    let mut broker =
+        BrokerOpts::new().cores(2).log_level("info").extra_args(&["--wal-sync-mode", "immediate"]).start().await;
+    let port = broker.port();
+    let mut member = Client5::connect(port, "sh-persistent", false, Some(3600)).await;
+    member.subscribe("$share/g/sh/#", QoS5::AtLeastOnce).await;
+    member.disconnect().await;
+    let mut online = Client5::connect(port, "sh-online", true, None).await;
+    online.subscribe("$share/g/sh/#", QoS5::AtLeastOnce).await;
+
+    let mut publisher = Client5::connect(port, "sh-pub", true, None).await;
+    let all: Vec<String> = (0..20).map(|i| format!("{i:02}")).collect();
+    publisher
+        .publish_many(all.iter().map(|p| ("sh/t".to_string(), p.clone().into_bytes())).collect(), QoS5::AtLeastOnce)
+        .await;
+    let mut got_online = Vec::new();
+    while let Some(p) = online.try_recv(Duration::from_secs(1)).await {
+        got_online.push(String::from_utf8_lossy(&p.payload).to_string());
+    }
+    assert!(!got_online.is_empty() && got_online.len() < all.len(), "the group shares: {got_online:?}");
+    broker.crash_and_restart().await;
+
+    let mut member = Client5::connect(port, "sh-persistent", false, Some(3600)).await;
+    assert!(member.connack.session_present);
+    let mut got_member = Vec::new();
+    while let Some(p) = member.try_recv(Duration::from_secs(2)).await {
+        got_member.push(String::from_utf8_lossy(&p.payload).to_string());
+    }
+    let mut sorted = got_member.clone();
+    sorted.sort();
+    assert_eq!(got_member, sorted, "in order [MQTT-4.6.0-5]");
+    for p in &got_member {
+        assert!(!got_online.contains(p), "{p} went to the other member already\n{}", broker.log_text());
+    }
+    let mut both: Vec<String> = got_online.iter().chain(&got_member).cloned().collect();
+    both.sort();
+    assert_eq!(both, all, "every acknowledged message reached one member\n{}", broker.log_text());
+}

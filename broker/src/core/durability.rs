@@ -297,7 +297,7 @@ impl Core {
             match found.into_iter().find(|m| m.topic == topic) {
                 Some(msg) if !msg.is_expired(now) => {
                     self.retained_seq.insert(topic, self.next_log_seq);
-                    let body = persist::encode_message(&msg, &self.clock, None);
+                    let body = persist::encode_message(&msg, &self.clock, None, &[]);
                     self.append_record(now_ms, body, None);
                 }
                 _ => {

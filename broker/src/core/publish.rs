@@ -451,8 +451,15 @@ impl Core {
         }
         let origin = logged.then_some((self.id, self.next_log_seq));
         let mut targets = std::mem::take(&mut self.route_scratch);
-        self.subscriptions.route(&msg, &mut targets);
+        let shared = self.subscriptions.route(&msg, &mut targets);
         let matched = !targets.is_empty();
+        // Which members of shared subscriptions get it goes into its record: after a crash
+        // it is owed to them alone (see `storage::recover`).
+        let shared_to: Vec<Bytes> = if logged && msg.qos != QoS::AtMostOnce && shared > 0 {
+            targets[targets.len() - shared..].iter().map(|t| t.session.client_id.clone()).collect()
+        } else {
+            Vec::new()
+        };
         if targets.iter().all(|t| t.session.core == self.id) {
             for t in targets.drain(..) {
                 self.deliver(t, &msg, origin, now);
@@ -488,7 +495,7 @@ impl Core {
                 self.send(a.core, CoreMsg::PublishDone { ack: a, reason: code, seq: self.next_log_seq });
             }
         }
-        let body = persist::encode_message(&msg, &self.clock, ack.and_then(|a| a.exchange));
+        let body = persist::encode_message(&msg, &self.clock, ack.and_then(|a| a.exchange), &shared_to);
         if msg.retain {
             if msg.payload.is_empty() {
                 self.retained_seq.remove(&msg.topic);

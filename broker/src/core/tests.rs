@@ -955,7 +955,7 @@ fn a_persistent_sessions_qos2_exchange_is_logged_and_pubcomp_waits_for_its_relea
     let topic = topic_on(1, 2);
     c.publish(publisher, topic, "m", QoS::ExactlyOnce, 3);
     let exchange = crate::persist::Exchange { incarnation, pkid: 3 };
-    assert!(matches!(record(&journals[1], 0), Record::Message(_, Some(x)) if x == exchange));
+    assert!(matches!(record(&journals[1], 0), Record::Message(_, Some(x), _) if x == exchange));
     let all_durable = |j: &FakeJournal| {
         let n = j.0.borrow().records.len() as u64;
         j.0.borrow_mut().durable = n;
@@ -983,13 +983,13 @@ fn a_persistent_sessions_qos2_exchange_is_logged_and_pubcomp_waits_for_its_relea
     assert!(matches!(got.as_slice(), [Packet::PubComp(a)] if a.pkid == 3 && a.reason == 0), "{got:?}");
     // The id is free: the same id is a new message.
     c.publish(publisher, topic, "m2", QoS::ExactlyOnce, 3);
-    assert!(matches!(record(&journals[1], 2), Record::Message(m, Some(x)) if x == exchange && m.payload == "m2"));
+    assert!(matches!(record(&journals[1], 2), Record::Message(m, Some(x), _) if x == exchange && m.payload == "m2"));
 
     // A session that is not persistent logs no exchange.
     let clean = c.open(0, connect("clean", ProtocolVersion::V5));
     c.recv(clean);
     c.publish(clean, topic, "c", QoS::ExactlyOnce, 4);
-    assert!(matches!(record(&journals[1], 3), Record::Message(_, None)));
+    assert!(matches!(record(&journals[1], 3), Record::Message(_, None, _)));
 }
 
 #[test]
