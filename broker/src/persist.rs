@@ -337,7 +337,18 @@ struct Reader<'a> {
     at: usize,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    /// A reader past the version and kind bytes (the version checked), and the kind.
+    fn start(body: &'a Bytes) -> Result<(Reader<'a>, u8), RecordError> {
+        let mut r = Reader { body, at: 0 };
+        let version = r.u8()?;
+        if version != VERSION {
+            return Err(RecordError::Version(version));
+        }
+        let kind = r.u8()?;
+        Ok((r, kind))
+    }
+
     fn take(&mut self, n: usize) -> Result<Bytes, RecordError> {
         let end = self.at.checked_add(n).filter(|&e| e <= self.body.len()).ok_or(RecordError::Truncated)?;
         let b = self.body.slice(self.at..end);
@@ -417,24 +428,14 @@ pub fn decode_record(body: &Bytes, clock: &WallClock, now: Instant) -> Result<Re
     match body.get(1) {
         Some(&KIND_MESSAGE) => decode_message(body, clock, now).map(|(m, x, to)| Record::Message(Box::new(m), x, to)),
         Some(&KIND_RELEASE) => {
-            let mut r = Reader { body, at: 0 };
-            let version = r.u8()?;
-            if version != VERSION {
-                return Err(RecordError::Version(version));
-            }
-            r.u8()?;
+            let (mut r, _) = Reader::start(body)?;
             let client_id = r.short()?;
             let exchange = Exchange { incarnation: r.u64()?, pkid: r.u16()? };
             r.done()?;
             Ok(Record::Released(client_id, exchange))
         }
         Some(&KIND_DELIVERY) => {
-            let mut r = Reader { body, at: 0 };
-            let version = r.u8()?;
-            if version != VERSION {
-                return Err(RecordError::Version(version));
-            }
-            r.u8()?;
+            let (mut r, _) = Reader::start(body)?;
             let client_id = r.short()?;
             let (incarnation, pkid, msg_seq, order) = (r.u64()?, r.u16()?, r.u64()?, r.u64()?);
             let state = match r.u8()? {
@@ -447,12 +448,7 @@ pub fn decode_record(body: &Bytes, clock: &WallClock, now: Instant) -> Result<Re
             Ok(Record::Delivery(client_id, Delivery { incarnation, pkid, msg_seq, order, state }))
         }
         Some(&KIND_SESSION) | Some(&KIND_SESSION_WITH_INCARNATION) | Some(&KIND_SESSION_END) => {
-            let mut r = Reader { body, at: 0 };
-            let version = r.u8()?;
-            if version != VERSION {
-                return Err(RecordError::Version(version));
-            }
-            let kind = r.u8()?;
+            let (mut r, kind) = Reader::start(body)?;
             let client_id = r.short()?;
             if kind == KIND_SESSION_END {
                 r.done()?;
@@ -519,12 +515,7 @@ pub fn decode_message(
     clock: &WallClock,
     now: Instant,
 ) -> Result<(Message, Option<Exchange>, Vec<Bytes>), RecordError> {
-    let mut r = Reader { body, at: 0 };
-    let version = r.u8()?;
-    if version != VERSION {
-        return Err(RecordError::Version(version));
-    }
-    let kind = r.u8()?;
+    let (mut r, kind) = Reader::start(body)?;
     if kind != KIND_MESSAGE {
         return Err(RecordError::Kind(kind));
     }
