@@ -895,11 +895,29 @@ pub fn delivery_logged(
         w.packet(conn, &Packet::PubRel(Ack::new(pkid, 0)));
         return;
     }
-    let out = f.out.clone();
+    send_inflight(session, conn, pkid, false, limits, now, w, stats);
+}
+
+/// Sends the PUBLISH of inflight exchange `pkid`. Delivery already started, so an expired
+/// message is still sent ([MQTT-3.3.2-5] only deletes copies not yet sent); one that no
+/// longer fits the client's Maximum Packet Size is abandoned [MQTT-3.1.2-25], and so is one
+/// the client now connected to the session may not read.
+#[allow(clippy::too_many_arguments)]
+fn send_inflight(
+    session: &mut Session,
+    conn: &mut Conn,
+    pkid: u16,
+    dup: bool,
+    limits: Limits,
+    now: Instant,
+    w: &mut Writer<'_>,
+    stats: &mut Stats,
+) {
+    let Some(out) = session.inflight.get(&pkid).map(|f| f.out.clone()) else { return };
     if !may_read(session, &out) {
         stats.acl_denied_read += 1;
         abandon(session, pkid, limits, w);
-    } else if !send_publish(conn, &out, pkid, false, now, w, stats) {
+    } else if !send_publish(conn, &out, pkid, dup, now, w, stats) {
         abandon(session, pkid, limits, w);
     }
 }
@@ -934,17 +952,7 @@ pub fn pump(
             } else if f.released {
                 w.packet(conn, &Packet::PubRel(Ack::new(pkid, 0)));
             } else {
-                // Delivery already started, so an expired message is still completed
-                // ([MQTT-3.3.2-5] only deletes copies not yet sent). One that no longer
-                // fits the client's Maximum Packet Size is abandoned [MQTT-3.1.2-25], and
-                // so is one the client now connected to the session may not read.
-                let out = f.out.clone();
-                if !may_read(session, &out) {
-                    stats.acl_denied_read += 1;
-                    abandon(session, pkid, limits, w);
-                } else if !send_publish(conn, &out, pkid, true, now, w, stats) {
-                    abandon(session, pkid, limits, w);
-                }
+                send_inflight(session, conn, pkid, true, limits, now, w, stats);
             }
             continue;
         }

@@ -865,13 +865,20 @@ impl super::Journal for FakeJournal {
     }
 }
 
+/// A fake journal per core, in `immediate` mode.
+fn immediate_journals(c: &mut Cluster) -> Vec<FakeJournal> {
+    let n = c.cores.len();
+    let journals: Vec<FakeJournal> = (0..n).map(|_| FakeJournal::default()).collect();
+    for (core, j) in c.cores.iter_mut().zip(&journals) {
+        core.set_journal(Box::new(j.clone()), true, Arc::new(super::RetentionPins::new(n)));
+    }
+    journals
+}
+
 #[test]
 fn immediate_mode_acknowledges_only_after_the_record_is_durable() {
     let mut c = Cluster::new(2);
-    let journals: Vec<FakeJournal> = (0..2).map(|_| FakeJournal::default()).collect();
-    for (core, j) in c.cores.iter_mut().zip(&journals) {
-        core.set_journal(Box::new(j.clone()), true, Arc::new(super::RetentionPins::new(2)));
-    }
+    let journals = immediate_journals(&mut c);
     let publisher = c.open(0, connect("durable", ProtocolVersion::V5));
     c.recv(publisher);
     let topic = topic_on(1, 2);
@@ -936,10 +943,7 @@ fn a_persistent_sessions_qos2_exchange_is_logged_and_pubcomp_waits_for_its_relea
     // Logged with the message, released in the same log; the packet id is free again
     // only after the release is durable [MQTT-4.3.3-9, MQTT-4.3.3-13].
     let mut c = Cluster::new(2);
-    let journals: Vec<FakeJournal> = (0..2).map(|_| FakeJournal::default()).collect();
-    for (core, j) in c.cores.iter_mut().zip(&journals) {
-        core.set_journal(Box::new(j.clone()), true, Arc::new(super::RetentionPins::new(2)));
-    }
+    let journals = immediate_journals(&mut c);
     let clock = c.cores[0].clock;
     // The shard's records but session snapshots (the client id's home shard may be this one).
     let logged = |j: &FakeJournal| -> Vec<Record> {
@@ -997,10 +1001,7 @@ fn an_outbound_qos2_exchange_of_a_persistent_session_sends_each_packet_after_its
     // The PUBLISH waits for `sent`, the PUBREL for `received`; PUBCOMP logs `completed`
     // (see `persist.rs`). A step that fails to log (full disk) is retried at the checkpoint.
     let mut c = Cluster::new(2);
-    let journals: Vec<FakeJournal> = (0..2).map(|_| FakeJournal::default()).collect();
-    for (core, j) in c.cores.iter_mut().zip(&journals) {
-        core.set_journal(Box::new(j.clone()), true, Arc::new(super::RetentionPins::new(2)));
-    }
+    let journals = immediate_journals(&mut c);
     let clock = c.cores[0].clock;
     let deliveries_of = |j: &FakeJournal, client: &str| -> Vec<crate::persist::Delivery> {
         let records = j.0.borrow().records.clone();
