@@ -547,9 +547,8 @@ impl Core {
         // an eighth full is overload (see `overload_level`), well before QoS 0 to it is
         // dropped (what publishers on other cores have in flight still arrives after that).
         // (The connection found above, not a second lookup: this runs for every delivery.)
-        let backlog = conn.is_some_and(|c| {
-            super::reading(c, self.ticks) && c.pending_write as usize > self.limits.max_write_buffer / 8
-        });
+        let reading = conn.as_ref().is_some_and(|c| super::reading(c, self.ticks));
+        let backlog = reading && conn.is_some_and(|c| c.pending_write as usize > self.limits.max_write_buffer / 8);
         if backlog {
             self.backlogged_since_check = true;
             if !self.overload_signalled {
@@ -565,7 +564,7 @@ impl Core {
         // next tick measures the backlog: a queue a quarter full is overload at once (what the
         // publishers have in flight still arrives after that, and must fit).
         if !self.overload_signalled
-            && session.acked_since_check
+            && (session.acked_since_check || reading)
             && (session.queue.len() > self.limits.max_queued / 4
                 || (self.limits.max_queued_bytes > 0 && session.queue.bytes() > self.limits.max_queued_bytes / 4))
         {

@@ -1155,3 +1155,25 @@ fn inbound_acknowledgements_wait_while_the_broker_is_overloaded_and_at_most_the_
     c.publish(publisher, "held/a", "m", QoS::AtLeastOnce, 4);
     assert!(matches!(c.recv(publisher).as_slice(), [Packet::PubAck(a)] if a.pkid == 4));
 }
+
+#[test]
+fn a_subscriber_being_written_to_counts_towards_overload_before_it_acknowledges() {
+    // One that has not acknowledged since the last tick but still takes bytes (the socket
+    // was written to within the last 500 ms) is slow, not stopped: its queue a quarter full
+    // is overload. Counting only clients that acknowledged since the tick let a subscriber
+    // stalled for a few milliseconds after a tick lose its standing, and publishers overflow
+    // its queue meanwhile.
+    let config = Config { max_inflight: 1, ..Config::default() };
+    let mut c = Cluster::with_config(1, config);
+    let sub = c.open(0, connect("busy-sub", ProtocolVersion::V5));
+    c.recv(sub);
+    c.subscribe(sub, "load/r", QoS::AtLeastOnce);
+    let publisher = c.open(0, connect("busy-pub", ProtocolVersion::V5));
+    c.publish(publisher, "load/r", "m", QoS::AtLeastOnce, 1);
+    assert_eq!(c.recv(sub).len(), 1, "in flight, not acknowledged");
+    c.cores[0].on_written(sub.1, 64);
+    for i in 1..300u16 {
+        c.publish(publisher, "load/r", "m", QoS::AtLeastOnce, i + 1);
+    }
+    assert!(c.cores[0].overload_level_now() >= 1.0, "299 queued of 1,000 for a client that reads");
+}
