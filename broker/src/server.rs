@@ -554,7 +554,7 @@ struct Driver {
     /// Starts [`overload_loop`]: this core became overloaded, or holds acknowledgements.
     overload_signal: LocalSignal,
     parked_count: Cell<u64>,
-    /// When [`Driver::update_overload`] last ran.
+    /// When [`Driver::update_overload_soon`] last measured (at most once a millisecond).
     overload_checked: Cell<Instant>,
 }
 
@@ -896,7 +896,8 @@ fn read_loop<'a>(
             }
             let (res, b) = r.read(buf).await;
             buf = b;
-            if io.fresh.replace(false) {
+            let first = io.fresh.replace(false);
+            if first {
                 // A connection's first read (its CONNECT) is followed by silence often enough
                 // to park it once that is answered, unless more comes first: not a sweep
                 // later, or a burst of new idle connections would hold a task each meanwhile.
@@ -969,7 +970,12 @@ fn read_loop<'a>(
                 },
             }
             let after = driver.core.borrow().publishes_received();
-            let published = after.0 != before.0;
+            let published = after != before;
+            if first && driver.core.borrow().awaiting_login(id) {
+                // Its CONNACK waits for a password check off the core: parked now, it would be
+                // woken by that CONNACK at once. The sweep parks it later if it stays idle.
+                io.park_requested.set(false);
+            }
             // Even with no room left, an emptied buffer may still share its allocation with
             // the packets split off it: replacing it lets that go with them.
             if buf.is_empty() {
@@ -1161,14 +1167,10 @@ async fn overload_loop(driver: Rc<Driver>) {
         while driver.overloaded.get() || driver.core.borrow().held_acks() > 0 {
             rt::sleep(Duration::from_millis(1)).await;
             driver.update_overload_soon();
-            let overloaded = driver.shared.overloaded.load(Ordering::Acquire) > 0;
-            {
-                let mut core = driver.core.borrow_mut();
-                core.set_hold_acks(overloaded);
-                if let Some(before) = Instant::now().checked_sub(OVERLOAD_PAUSE) {
-                    core.release_held_acks(Some(before));
-                }
+            if let Some(before) = Instant::now().checked_sub(OVERLOAD_PAUSE) {
+                driver.core.borrow_mut().release_held_acks(Some(before));
             }
+            // (`dispatch` also ends the hold once no core is overloaded.)
             driver.dispatch();
         }
     }
@@ -1308,14 +1310,15 @@ impl Driver {
     /// Carries out the actions the core produced.
     fn dispatch(&self) {
         // Inbound acknowledgements wait while any core is overloaded (see
-        // `Core::set_hold_acks`); `overload_loop` ends the hold.
+        // `Core::set_hold_acks`); `overload_loop` sends those held too long, and runs while
+        // this core holds some (this core's own overload starts it in `set_overloaded`).
         let overloaded = self.shared.overloaded.load(Ordering::Acquire) > 0;
         {
             let mut core = self.core.borrow_mut();
             if overloaded != core.holding_acks() {
                 core.set_hold_acks(overloaded);
             }
-            if overloaded || core.held_acks() > 0 {
+            if core.held_acks() > 0 {
                 self.overload_signal.signal();
             }
         }
@@ -1448,7 +1451,8 @@ impl Driver {
         }
     }
 
-    /// Sets or clears this core's overload mark (see [`crate::core::OVERLOAD_BACKLOG`]).
+    /// Sets or clears this core's overload mark between ticks (at most once a millisecond:
+    /// `overload_loop` and every publisher waiting out an overload on this core call it).
     fn update_overload_soon(&self) {
         let now = Instant::now();
         if now.saturating_duration_since(self.overload_checked.get()) >= Duration::from_millis(1) {
@@ -1458,6 +1462,8 @@ impl Driver {
         }
     }
 
+    /// Sets or clears this core's overload mark, at the tick (see
+    /// [`crate::core::OVERLOAD_BACKLOG`]).
     fn update_overload(&self) {
         let level = self.core.borrow_mut().overload_level();
         self.apply_overload(level);

@@ -274,6 +274,15 @@ impl Session {
         None
     }
 
+    /// The step exchange `pkid` is logging (`sent`, or `received` once PUBREC came), logged
+    /// again for connection `conn` (its earlier try failed, or was for another connection).
+    pub fn relog_step(&mut self, pkid: u16, conn: ConnId) -> Option<DeliveryStep> {
+        let f = self.inflight.get_mut(&pkid)?;
+        f.log_failed = false;
+        let state = if f.released { DeliveryState::Received } else { DeliveryState::Sent };
+        self.delivery_step(pkid, state, Some(conn))
+    }
+
     /// The log record of a step of outbound QoS 2 exchange `pkid` (which must be logged,
     /// see [`logs_delivery`]).
     pub fn delivery_step(&self, pkid: u16, state: DeliveryState, conn: Option<ConnId>) -> Option<DeliveryStep> {
@@ -946,9 +955,7 @@ pub fn pump(
             if f.logging {
                 // Its step was being logged for an earlier connection: log it again for
                 // this one, which sends the packet once it is durable.
-                f.log_failed = false;
-                let state = if f.released { DeliveryState::Received } else { DeliveryState::Sent };
-                w.deliveries.extend(session.delivery_step(pkid, state, Some(conn.id)));
+                w.deliveries.extend(session.relog_step(pkid, conn.id));
             } else if f.released {
                 w.packet(conn, &Packet::PubRel(Ack::new(pkid, 0)));
             } else {

@@ -232,6 +232,8 @@ pub fn recover(config: &Config, clock: &WallClock, now: Instant) -> Result<Recov
         let by_client: HashMap<Bytes, usize> =
             restored.iter().enumerate().map(|(index, (s, _))| (s.client_id.clone(), index)).collect();
         let mut candidates: Vec<usize> = Vec::new();
+        let limits = Limits::from_config(config);
+        let mut stats = Stats::default();
         for (shard, log) in &opened {
             let start = restored.iter().map(|(s, _)| s.seen.get(shard).copied().unwrap_or(0)).min().unwrap_or(0);
             log.read_from(start + 1, |r| {
@@ -259,7 +261,7 @@ pub fn recover(config: &Config, clock: &WallClock, now: Instant) -> Result<Recov
                             let f = Inflight { seq: order, out, released, logging: false, log_failed: false };
                             session.inflight.insert(pkid, f);
                         }
-                        None => session.enqueue(out, Limits::from_config(config), &mut Stats::default()),
+                        None => session.enqueue(out, limits, &mut stats),
                     }
                     requeued += 1;
                 }

@@ -81,6 +81,28 @@ impl Core {
         self.feed_journal();
     }
 
+    /// Appends a record that `ack` waits for: answered with `code` once the record is durable
+    /// (`immediate` mode) or at once (the other modes); without a log (none configured, or
+    /// closed at shutdown) at once, with no sequence number.
+    pub(super) fn append_answered(&mut self, body: Vec<u8>, ack: Option<PublishAck>, code: u8, now: Instant) {
+        if self.journal.is_none() {
+            if let Some(a) = ack {
+                let code = if self.journal_closed { reason::SERVER_SHUTTING_DOWN } else { code };
+                self.send(a.core, CoreMsg::PublishDone { ack: a, reason: code, seq: 0 });
+            }
+            return;
+        }
+        let waiting = match ack {
+            Some(a) if self.wait_for_durable => Some((a, code)),
+            Some(a) => {
+                self.send(a.core, CoreMsg::PublishDone { ack: a, reason: code, seq: self.next_log_seq });
+                None
+            }
+            None => None,
+        };
+        self.append_record(self.clock.unix_ms(now), body, waiting);
+    }
+
     /// Moves backlogged records into the journal, in order, while it takes them.
     pub(super) fn feed_journal(&mut self) {
         let Some(journal) = self.journal.as_mut() else { return };

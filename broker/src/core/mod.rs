@@ -517,15 +517,7 @@ impl Core {
 
     /// Adds a session to those `overload_level_now` looks at between ticks.
     pub(super) fn watch_queue(&mut self, client_id: &Bytes) {
-        if let Some(w) = &mut self.watched {
-            if !w.contains(client_id) {
-                if w.len() >= WATCHED_MAX {
-                    self.watched = None;
-                } else {
-                    w.push(client_id.clone());
-                }
-            }
-        }
+        watch(&mut self.watched, client_id);
     }
 
     /// QoS 0 has no queue: what a subscriber has not read yet waits in its write buffer.
@@ -559,19 +551,16 @@ impl Core {
         }
         let (mut messages, mut bytes, mut sessions) = (0usize, 0usize, 0usize);
         let mut watched = Some(Vec::new());
+        // Only clients that acknowledged since the last tick: one that stopped (however
+        // recently it was written to) must not keep everybody throttled; the quick rule in
+        // `Core::offer` is the one that also counts clients being written to.
         for s in self.sessions.values_mut() {
             if s.conn().is_some() && std::mem::take(&mut s.acked_since_check) {
                 messages += s.queue.len();
                 bytes += s.queue.bytes();
                 sessions += 1;
                 if !s.queue.is_empty() {
-                    if let Some(w) = &mut watched {
-                        if w.len() >= WATCHED_MAX {
-                            watched = None;
-                        } else {
-                            w.push(s.client_id.clone());
-                        }
-                    }
+                    watch(&mut watched, &s.client_id);
                 }
             }
         }
@@ -590,10 +579,9 @@ impl Core {
         level
     }
 
-    /// PUBLISH packets received so far on this core's connections: (all, QoS 1 and 2).
-    pub fn publishes_received(&self) -> (u64, u64) {
-        let [q0, q1, q2] = self.stats.messages_in_by_qos;
-        (q0 + q1 + q2, q1 + q2)
+    /// PUBLISH packets received so far on this core's connections.
+    pub fn publishes_received(&self) -> u64 {
+        self.stats.messages_in_by_qos.iter().sum()
     }
 
     /// Whether this shard's log reports a failing write or sync (e.g. a full disk).
@@ -948,34 +936,18 @@ impl Core {
                 self.request_reply(req_id, Some(filter_index), retained, now)
             }
             CoreMsg::Persist { body, ack } => {
-                if self.journal.is_none() {
-                    if let Some(a) = ack {
-                        let code = if self.journal_closed { reason::SERVER_SHUTTING_DOWN } else { reason::SUCCESS };
-                        self.send(a.core, CoreMsg::PublishDone { ack: a, reason: code, seq: 0 });
+                if self.journal.is_some() {
+                    match persist::record_client_id(&body) {
+                        Some((client_id, true)) => {
+                            self.snapshots.insert(owned(&client_id), (self.next_log_seq, body.clone()));
+                        }
+                        Some((client_id, false)) => {
+                            self.snapshots.remove(&client_id);
+                        }
+                        None => {}
                     }
-                    return;
                 }
-                match persist::record_client_id(&body) {
-                    Some((client_id, true)) => {
-                        self.snapshots.insert(owned(&client_id), (self.next_log_seq, body.clone()));
-                    }
-                    Some((client_id, false)) => {
-                        self.snapshots.remove(&client_id);
-                    }
-                    None => {}
-                }
-                let waiting = match ack {
-                    Some(a) if self.wait_for_durable => Some((a, reason::SUCCESS)),
-                    Some(a) => {
-                        self.send(
-                            a.core,
-                            CoreMsg::PublishDone { ack: a, reason: reason::SUCCESS, seq: self.next_log_seq },
-                        );
-                        None
-                    }
-                    None => None,
-                };
-                self.append_record(self.clock.unix_ms(now), body, waiting);
+                self.append_answered(body, ack, reason::SUCCESS, now);
             }
             CoreMsg::Unsubscribe { req, client_id, epoch, filter, group } => {
                 self.subscriptions.unsubscribe(&filter, group.as_ref(), &client_id, epoch);
@@ -1001,6 +973,26 @@ const READING_TICKS: u16 = 10;
 /// Whether bytes were written to the client within the last [`READING_TICKS`].
 fn reading(c: &Conn, ticks: u16) -> bool {
     c.written_tick != 0 && ticks.wrapping_add(1).wrapping_sub(c.written_tick) <= READING_TICKS
+}
+
+/// Whether a connected session's queue counts towards overload: its client takes what it is
+/// sent (it acknowledged since the last look, or was written to lately, see [`reading`]).
+/// One that stopped doing both holds nobody up: its queue drops as configured.
+fn takes_deliveries(acked: bool, conn: Option<&Conn>, ticks: u16) -> bool {
+    acked || conn.is_some_and(|c| reading(c, ticks))
+}
+
+/// Adds a session to a watch list (see `Core::watched`); too many make it `None`.
+fn watch(watched: &mut Option<Vec<Bytes>>, client_id: &Bytes) {
+    if let Some(w) = watched {
+        if !w.contains(client_id) {
+            if w.len() >= WATCHED_MAX {
+                *watched = None;
+            } else {
+                w.push(client_id.clone());
+            }
+        }
+    }
 }
 
 fn arm_session_timer(session: &mut Session, timers: &mut BinaryHeap<Reverse<(Instant, Timer)>>) {

@@ -284,27 +284,9 @@ impl Core {
 
     /// A logged QoS 2 release, on the shard that logged its exchange.
     pub(super) fn shard_release(&mut self, body: Vec<u8>, ack: Option<PublishAck>, now: Instant) {
-        if self.journal_closed {
-            if let Some(a) = ack {
-                self.send(a.core, CoreMsg::PublishDone { ack: a, reason: reason::SERVER_SHUTTING_DOWN, seq: 0 });
-            }
-            return;
-        }
-        let seq = self.next_log_seq;
-        let waiting = match ack {
-            Some(a) if self.journal.is_some() && self.wait_for_durable => Some((a, reason::SUCCESS)),
-            Some(a) => {
-                let seq = if self.journal.is_some() { seq } else { 0 };
-                self.send(a.core, CoreMsg::PublishDone { ack: a, reason: reason::SUCCESS, seq });
-                None
-            }
-            None => None,
-        };
-        if self.journal.is_some() {
-            // Not held to the backlog bound: one small record per exchange, and those are
-            // bounded by Receive Maximum.
-            self.append_record(self.clock.unix_ms(now), body, waiting);
-        }
+        // Not held to the backlog bound: one small record per exchange, and those are bounded
+        // by Receive Maximum.
+        self.append_answered(body, ack, reason::SUCCESS, now);
     }
 
     pub(super) fn with_session(
@@ -418,10 +400,7 @@ impl Core {
             let Some(s) = self.sessions.get_mut(&conn.client_id).filter(|s| s.conn() == Some(id)) else { continue };
             let failed: Vec<u16> = s.inflight.iter().filter(|(_, f)| f.log_failed).map(|(&p, _)| p).collect();
             for pkid in failed {
-                let Some(f) = s.inflight.get_mut(&pkid) else { continue };
-                f.log_failed = false;
-                let state = if f.released { DeliveryState::Received } else { DeliveryState::Sent };
-                self.deliveries.extend(s.delivery_step(pkid, state, Some(id)));
+                self.deliveries.extend(s.relog_step(pkid, id));
             }
         }
     }
@@ -487,14 +466,6 @@ impl Core {
             }
             return;
         }
-        // In immediate mode the acknowledgement waits for the sync that covers the record;
-        // otherwise it goes now.
-        let waiting = if self.wait_for_durable { ack.map(|a| (a, code)) } else { None };
-        if !self.wait_for_durable {
-            if let Some(a) = ack {
-                self.send(a.core, CoreMsg::PublishDone { ack: a, reason: code, seq: self.next_log_seq });
-            }
-        }
         let body = persist::encode_message(&msg, &self.clock, ack.and_then(|a| a.exchange), &shared_to);
         if msg.retain {
             if msg.payload.is_empty() {
@@ -503,7 +474,9 @@ impl Core {
                 self.retained_seq.insert(owned(&msg.topic), self.next_log_seq);
             }
         }
-        self.append_record(self.clock.unix_ms(now), body, waiting);
+        // In immediate mode the acknowledgement waits for the sync that covers the record;
+        // otherwise it goes now.
+        self.append_answered(body, ack, code, now);
     }
 
     pub(super) fn deliver(&mut self, t: Target, msg: &SharedMessage, origin: Option<(usize, u64)>, now: Instant) {
@@ -548,7 +521,8 @@ impl Core {
         // dropped (what publishers on other cores have in flight still arrives after that).
         // (The connection found above, not a second lookup: this runs for every delivery.)
         let reading = conn.as_ref().is_some_and(|c| super::reading(c, self.ticks));
-        let backlog = reading && conn.is_some_and(|c| c.pending_write as usize > self.limits.max_write_buffer / 8);
+        let backlog =
+            reading && conn.as_ref().is_some_and(|c| c.pending_write as usize > self.limits.max_write_buffer / 8);
         if backlog {
             self.backlogged_since_check = true;
             if !self.overload_signalled {
@@ -564,7 +538,7 @@ impl Core {
         // next tick measures the backlog: a queue a quarter full is overload at once (what the
         // publishers have in flight still arrives after that, and must fit).
         if !self.overload_signalled
-            && (session.acked_since_check || reading)
+            && super::takes_deliveries(session.acked_since_check, conn.as_deref(), self.ticks)
             && (session.queue.len() > self.limits.max_queued / 4
                 || (self.limits.max_queued_bytes > 0 && session.queue.bytes() > self.limits.max_queued_bytes / 4))
         {
