@@ -1047,12 +1047,12 @@ fn an_outbound_qos2_exchange_of_a_persistent_session_sends_each_packet_after_its
     let publisher = c.open(0, connect("p", ProtocolVersion::V5));
     c.recv(publisher);
     c.publish(publisher, topic, "m", QoS::ExactlyOnce, 1);
-    all_durable(&mut c, &journals[1]);
+    assert!(c.recv(subscriber).is_empty(), "no PUBLISH before `sent` is durable");
     let pkid = match deliveries(&journals[1]).as_slice() {
         [d] if d.state == crate::persist::DeliveryState::Sent => d.pkid,
         other => panic!("one `sent` record expected: {other:?}"),
     };
-    // The record was durable before the PUBLISH went out: only now is it there.
+    // Only once the record is durable does the PUBLISH go out.
     all_durable(&mut c, &journals[1]);
     let got = c.recv(subscriber);
     assert!(matches!(got.as_slice(), [Packet::Publish(p)] if p.pkid == pkid && p.qos == QoS::ExactlyOnce), "{got:?}");
@@ -1069,6 +1069,7 @@ fn an_outbound_qos2_exchange_of_a_persistent_session_sends_each_packet_after_its
     let states: Vec<_> = deliveries(&journals[1]).iter().map(|d| d.state).collect();
     use crate::persist::DeliveryState::*;
     assert_eq!(states, [Sent, Received, Received], "logged again after the failure");
+    assert!(c.recv(subscriber).is_empty(), "no PUBREL before the retried `received` is durable");
     all_durable(&mut c, &journals[1]);
     let got = c.recv(subscriber);
     assert!(matches!(got.as_slice(), [Packet::PubRel(a)] if a.pkid == pkid), "{got:?}");
@@ -1083,11 +1084,30 @@ fn an_outbound_qos2_exchange_of_a_persistent_session_sends_each_packet_after_its
     c.recv(clean);
     c.subscribe(clean, topic, QoS::ExactlyOnce);
     c.publish(publisher, topic, "m2", QoS::ExactlyOnce, 2);
-    all_durable(&mut c, &journals[1]);
     let got = c.recv(clean);
     assert!(matches!(got.as_slice(), [Packet::Publish(p)] if p.payload == "m2"), "{got:?}");
+    all_durable(&mut c, &journals[1]);
     assert!(deliveries_of(&journals[1], "clean").is_empty());
     assert_eq!(deliveries(&journals[1]).last().map(|d| d.state), Some(Sent), "the persistent one's is");
+}
+
+/// One core, a subscriber to `topic` with an outbound window of one (so that what it has not
+/// acknowledged queues), and a publisher: what the overload tests load.
+fn one_window_pair(topic: &'static str) -> (Cluster, Client, Client) {
+    let config = Config { max_inflight: 1, ..Config::default() };
+    let mut c = Cluster::with_config(1, config);
+    let sub = c.open(0, connect("window-sub", ProtocolVersion::V5));
+    c.recv(sub);
+    c.subscribe(sub, topic, QoS::AtLeastOnce);
+    let publisher = c.open(0, connect("window-pub", ProtocolVersion::V5));
+    (c, sub, publisher)
+}
+
+/// Publishes one QoS 1 message per packet id in `pkids`.
+fn publish_qos1(c: &mut Cluster, publisher: Client, topic: &'static str, pkids: std::ops::RangeInclusive<u16>) {
+    for pkid in pkids {
+        c.publish(publisher, topic, "m", QoS::AtLeastOnce, pkid);
+    }
 }
 
 #[test]
@@ -1095,20 +1115,14 @@ fn overload_from_one_queue_ends_as_soon_as_that_queue_drains_not_at_the_next_tic
     // Publishers wait while the broker is overloaded and look again every millisecond
     // (`overload_level_now`). A queue that made it overloaded is measured again each time:
     // once the subscriber has taken it, publishers go on (they used to wait for the tick).
-    let config = Config { max_inflight: 1, ..Config::default() };
-    let mut c = Cluster::with_config(1, config);
-    let sub = c.open(0, connect("slow-sub", ProtocolVersion::V5));
-    c.recv(sub);
-    c.subscribe(sub, "load/q", QoS::AtLeastOnce);
-    let publisher = c.open(0, connect("fast-pub", ProtocolVersion::V5));
-    // The subscriber acknowledges (only a client that does counts towards overload).
+    let (mut c, sub, publisher) = one_window_pair("load/q");
+    // The subscriber acknowledges (a client counts towards overload once it acknowledges
+    // or is written to; this harness reports no writes).
     c.publish(publisher, "load/q", "m", QoS::AtLeastOnce, 1);
     let first = c.recv(sub);
     assert!(matches!(first.as_slice(), [Packet::Publish(p)] if p.pkid == 1), "{first:?}");
     c.send(sub, Packet::PubAck(Ack::new(1, 0)));
-    for i in 1..300u16 {
-        c.publish(publisher, "load/q", "m", QoS::AtLeastOnce, i + 1);
-    }
+    publish_qos1(&mut c, publisher, "load/q", 2..=300);
     assert!(c.cores[0].overload_level_now() >= 1.0, "a queue a quarter full (250 of 1,000) is overload");
     // The subscriber takes everything, one in flight at a time, without a tick in between.
     let mut acked = 1;
@@ -1157,23 +1171,59 @@ fn inbound_acknowledgements_wait_while_the_broker_is_overloaded_and_at_most_the_
 }
 
 #[test]
+fn a_subscriber_neither_acknowledging_nor_written_to_does_not_count_towards_overload() {
+    // The control of the test below: the same queue, no acknowledgement, no write.
+    let (mut c, sub, publisher) = one_window_pair("load/s");
+    c.publish(publisher, "load/s", "m", QoS::AtLeastOnce, 1);
+    assert_eq!(c.recv(sub).len(), 1, "in flight, not acknowledged");
+    publish_qos1(&mut c, publisher, "load/s", 2..=300);
+    assert!(c.cores[0].overload_level_now() < 1.0, "a client that takes nothing holds nobody up");
+}
+
+#[test]
 fn a_subscriber_being_written_to_counts_towards_overload_before_it_acknowledges() {
     // One that has not acknowledged since the last tick but still takes bytes (the socket
     // was written to within the last 500 ms) is slow, not stopped: its queue a quarter full
     // is overload. Counting only clients that acknowledged since the tick let a subscriber
     // stalled for a few milliseconds after a tick lose its standing, and publishers overflow
     // its queue meanwhile.
-    let config = Config { max_inflight: 1, ..Config::default() };
-    let mut c = Cluster::with_config(1, config);
-    let sub = c.open(0, connect("busy-sub", ProtocolVersion::V5));
-    c.recv(sub);
-    c.subscribe(sub, "load/r", QoS::AtLeastOnce);
-    let publisher = c.open(0, connect("busy-pub", ProtocolVersion::V5));
+    let (mut c, sub, publisher) = one_window_pair("load/r");
     c.publish(publisher, "load/r", "m", QoS::AtLeastOnce, 1);
     assert_eq!(c.recv(sub).len(), 1, "in flight, not acknowledged");
     c.cores[0].on_written(sub.1, 64);
-    for i in 1..300u16 {
-        c.publish(publisher, "load/r", "m", QoS::AtLeastOnce, i + 1);
-    }
+    publish_qos1(&mut c, publisher, "load/r", 2..=300);
     assert!(c.cores[0].overload_level_now() >= 1.0, "299 queued of 1,000 for a client that reads");
+}
+
+#[test]
+fn a_persistent_sessions_unsuback_waits_for_its_snapshot_in_immediate_mode() {
+    // As the SUBACK does: an acknowledged UNSUBSCRIBE must not come back after a crash.
+    let mut c = Cluster::new(2);
+    let journals = immediate_journals(&mut c);
+    let durable_all = |c: &mut Cluster| {
+        for j in &journals {
+            let n = j.0.borrow().records.len() as u64;
+            j.0.borrow_mut().durable = n;
+        }
+        for core in 0..2 {
+            c.cores[core].on_durable(c.now);
+        }
+        c.settle();
+    };
+    let sub = c.open(0, persistent("unsub-1", 100));
+    c.recv(sub);
+    let filter = SubscribeFilter { filter: Bytes::from_static(b"u/t"), options: SubscriptionOptions::default() };
+    c.send(sub, Packet::Subscribe(Subscribe { pkid: 1, properties: Properties::default(), filters: vec![filter] }));
+    durable_all(&mut c);
+    assert!(matches!(c.recv(sub).as_slice(), [Packet::SubAck(_)]));
+    let u = crate::codec::Unsubscribe {
+        pkid: 2,
+        properties: Properties::default(),
+        filters: vec![Bytes::from_static(b"u/t")],
+    };
+    c.send(sub, Packet::Unsubscribe(u));
+    assert!(c.recv(sub).is_empty(), "no UNSUBACK before the snapshot is durable");
+    durable_all(&mut c);
+    let got = c.recv(sub);
+    assert!(matches!(got.as_slice(), [Packet::UnsubAck(a)] if a.pkid == 2), "{got:?}");
 }
