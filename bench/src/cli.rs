@@ -71,7 +71,8 @@ pub struct Options {
     #[arg(long, default_value_t = 131_072)]
     pub sndbuf: u32,
     /// Subscribers ask for sessions the broker keeps (clean start 0; 5.0 Session Expiry 60 s;
-    /// the client ids are unique per run). Brokers log such sessions' progress, and some (PromptMQ) each
+    /// the client ids are unique per run; with `--mqtt 3.1.1` clean session 0 has no expiry, so
+    /// the broker keeps them until it restarts). Brokers log such sessions' progress, and some (PromptMQ) each
     /// step of their QoS 2 exchanges: this measures what that costs
     #[arg(long)]
     pub persistent_subscribers: bool,
