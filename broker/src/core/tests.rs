@@ -875,6 +875,18 @@ fn immediate_journals(c: &mut Cluster) -> Vec<FakeJournal> {
     journals
 }
 
+/// Every record of every journal is durable now, and every core has heard of it.
+fn everything_durable(c: &mut Cluster, journals: &[FakeJournal]) {
+    for j in journals {
+        let n = j.0.borrow().records.len() as u64;
+        j.0.borrow_mut().durable = n;
+    }
+    for core in 0..c.cores.len() {
+        c.cores[core].on_durable(c.now);
+    }
+    c.settle();
+}
+
 #[test]
 fn immediate_mode_acknowledges_only_after_the_record_is_durable() {
     let mut c = Cluster::new(2);
@@ -1034,14 +1046,7 @@ fn an_outbound_qos2_exchange_of_a_persistent_session_sends_each_packet_after_its
     };
     c.send(subscriber, Packet::Subscribe(sub));
     assert!(c.recv(subscriber).is_empty(), "no SUBACK before the snapshot is durable");
-    for j in &journals {
-        let n = j.0.borrow().records.len() as u64;
-        j.0.borrow_mut().durable = n;
-    }
-    for core in 0..2 {
-        c.cores[core].on_durable(c.now);
-    }
-    c.settle();
+    everything_durable(&mut c, &journals);
     let got = c.recv(subscriber);
     assert!(matches!(got.as_slice(), [Packet::SubAck(_)]), "{got:?}");
     let publisher = c.open(0, connect("p", ProtocolVersion::V5));
@@ -1200,16 +1205,7 @@ fn a_persistent_sessions_unsuback_waits_for_its_snapshot_in_immediate_mode() {
     // As the SUBACK does: an acknowledged UNSUBSCRIBE must not come back after a crash.
     let mut c = Cluster::new(2);
     let journals = immediate_journals(&mut c);
-    let durable_all = |c: &mut Cluster| {
-        for j in &journals {
-            let n = j.0.borrow().records.len() as u64;
-            j.0.borrow_mut().durable = n;
-        }
-        for core in 0..2 {
-            c.cores[core].on_durable(c.now);
-        }
-        c.settle();
-    };
+    let durable_all = |c: &mut Cluster| everything_durable(c, &journals);
     let sub = c.open(0, persistent("unsub-1", 100));
     c.recv(sub);
     let filter = SubscribeFilter { filter: Bytes::from_static(b"u/t"), options: SubscriptionOptions::default() };
