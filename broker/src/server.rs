@@ -95,6 +95,21 @@ struct Shared {
     registry: Arc<Registry>,
     cores: usize,
     rings: Vec<ArrayQueue<CoreMsg>>,
+    /// Per ring (indexed as `rings`, overflow included), the QoS 1/2 deliveries in it.
+    ///
+    /// Overload (see [`crate::core::OVERLOAD_BACKLOG`]) counts these too: their publishers
+    /// may already have been acknowledged, and no session queue holds them yet. A peer that
+    /// falls behind (the broker's cores share the machine with its clients) would otherwise
+    /// take in a thousand of them at once, all for one session, past its queue's bound,
+    /// while the publishers were told nothing. More than `deliveries_overload` to one peer
+    /// is overload. (QoS 0 is not counted: it has no queue to overflow, and full-speed QoS 0
+    /// keeps the rings that full.)
+    deliveries_in_transit: Vec<AtomicUsize>,
+    /// Half of `mqtt.max-queued-messages`: the deliveries in transit to one peer may all be
+    /// for one session, whose own queue declares overload at a quarter (`Core::offer`), and
+    /// what its publishers have in flight must still fit. (A quarter was measured too: no
+    /// fewer losses, a quarter less QoS 1 throughput.)
+    deliveries_overload: usize,
     wakeups: Vec<rt::Wakeup>,
     /// Where passwords are checked, off the cores (with a password file).
     login_threads: Option<LoginThreads>,
@@ -139,6 +154,15 @@ impl Shared {
     fn ring(&self, from: usize, to: usize) -> &ArrayQueue<CoreMsg> {
         &self.rings[from * self.cores + to]
     }
+
+    fn deliveries_in_transit(&self, from: usize, to: usize) -> &AtomicUsize {
+        &self.deliveries_in_transit[from * self.cores + to]
+    }
+}
+
+/// Whether a cross-core message counts in [`Shared::deliveries_in_transit`].
+fn acknowledged_delivery(msg: &CoreMsg) -> bool {
+    matches!(msg, CoreMsg::Deliver { msg, .. } if msg.qos != crate::codec::QoS::AtMostOnce)
 }
 
 /// A running broker's listening address and the handle to wait for it.
@@ -278,11 +302,14 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         }
         _ => None,
     };
+    let deliveries_overload = (config.max_queued_messages / 2).max(1);
     let shared = Arc::new(Shared {
         config: Arc::new(config),
         registry: Arc::new(Registry::new()),
         cores,
         rings: (0..cores * cores).map(|_| ArrayQueue::new(RING_CAPACITY)).collect(),
+        deliveries_in_transit: (0..cores * cores).map(|_| AtomicUsize::new(0)).collect(),
+        deliveries_overload,
         wakeups,
         login_threads,
         verdicts,
@@ -1294,6 +1321,9 @@ impl Driver {
             let mut n = 0;
             while n < DRAIN_BATCH {
                 let Some(msg) = ring.pop() else { break };
+                if acknowledged_delivery(&msg) {
+                    shared.deliveries_in_transit(from, self.id).fetch_sub(1, Ordering::Relaxed);
+                }
                 self.core.borrow_mut().on_message(msg, Instant::now());
                 n += 1;
             }
@@ -1419,6 +1449,12 @@ impl Driver {
 
     fn push(&self, to: usize, msg: CoreMsg) {
         self.wake.borrow_mut()[to] = true;
+        if acknowledged_delivery(&msg) {
+            let in_transit = self.shared.deliveries_in_transit(self.id, to).fetch_add(1, Ordering::Relaxed);
+            if in_transit >= self.shared.deliveries_overload && !self.overloaded.get() {
+                self.set_overloaded();
+            }
+        }
         let mut overflow = self.overflow.borrow_mut();
         // Keep per-pair FIFO order: once something waits in overflow, everything after it
         // waits too.
@@ -1432,6 +1468,18 @@ impl Driver {
             self.overflow_len.set(self.overflow_len.get() + 1);
             self.core.borrow_mut().stats.ring_overflows += 1;
         }
+    }
+
+    /// The part of the overload level that peers have not taken yet (see
+    /// [`Shared::deliveries_in_transit`]).
+    fn in_transit_level(&self) -> f64 {
+        let shared = &self.shared;
+        let waiting = (0..shared.cores)
+            .filter(|&to| to != self.id)
+            .map(|to| shared.deliveries_in_transit(self.id, to).load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0);
+        waiting as f64 / self.shared.deliveries_overload as f64
     }
 
     /// Sets or clears this core's congestion mark (see [`CONGESTED_OVERFLOW`]).
@@ -1458,7 +1506,7 @@ impl Driver {
         if now.saturating_duration_since(self.overload_checked.get()) >= Duration::from_millis(1) {
             self.overload_checked.set(now);
             let level = self.core.borrow_mut().overload_level_now();
-            self.apply_overload(level);
+            self.apply_overload(level.max(self.in_transit_level()));
         }
     }
 
@@ -1466,7 +1514,7 @@ impl Driver {
     /// [`crate::core::OVERLOAD_BACKLOG`]).
     fn update_overload(&self) {
         let level = self.core.borrow_mut().overload_level();
-        self.apply_overload(level);
+        self.apply_overload(level.max(self.in_transit_level()));
     }
 
     fn apply_overload(&self, level: f64) {

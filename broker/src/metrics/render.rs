@@ -169,7 +169,7 @@ impl Metrics {
         );
         w.counter(
             "promptmq_overloads_total",
-            "Times a core's connected, acknowledging clients had more queued than it delivers soon, and QoS 1/2 publishers were read more slowly (not a loss).",
+            "Times a core's connected, acknowledging clients had more queued (or on its way to them from another core) than it delivers soon, and publishers were read more slowly and their PUBACK/PUBREC held back (not a loss).",
             self.sum_counter(|c| &c.overloads),
         );
 
