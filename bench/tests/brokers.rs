@@ -29,8 +29,12 @@ fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
+/// A fresh directory per call: tests run in parallel, and two brokers must not share a data
+/// directory (the second would find it locked).
 fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("promptmq-bench-test-{tag}-{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("promptmq-bench-test-{tag}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("create temp dir");
     d
