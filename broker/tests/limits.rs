@@ -339,3 +339,65 @@ async fn a_qos0_subscriber_that_stopped_reading_does_not_slow_publishers() {
     assert!(slow_qos0_drops(metrics) > 0.0, "nothing dropped for a subscriber that reads nothing");
     drop(sub);
 }
+
+/// While the broker is overloaded, a QoS 1 publisher's PUBACK waits (so that it stops at its
+/// in-flight window), about 50 ms at a time ([`OVERLOAD_PAUSE`] in the server): here a
+/// subscriber that acknowledges, only slowly, is flooded, and a publisher elsewhere must slow
+/// down, not stop. (Fails without the hold. Without the 50 ms bound it still passes: the
+/// flooding publishers then stop at their windows, nothing arrives, and the overload ends
+/// by itself, which releases the PUBACKs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_overloaded_acknowledgements_wait_about_50_ms() {
+    skip_on_mosquitto!("promptmq's overload protection");
+    let (broker, metrics) = broker_with_deep_queues().await;
+    let port = broker.port();
+    // One message in flight, acknowledged after 20 ms: 50 a second.
+    let mut sub = windowed_subscriber(port, "hold-sub", "hold/t", 1).await;
+    let subscriber = tokio::spawn(async move {
+        while let Ok(f) = sub.read_frame(Duration::from_secs(10)).await {
+            if let v5::Packet::Publish(p) = f.v5() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let mut ack = bytes::BytesMut::new();
+                v5::PubAck::new(p.pkid).write(&mut ack).expect("encode PUBACK");
+                if sub.send_bytes(&ack).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    // Queued for it while this test measures: past the 8,192 messages that are overload on
+    // their own.
+    // Overload is measured while messages arrive: the flood must go on, from three
+    // publishers so that it does not pause while one waits.
+    let floods: Vec<_> = (0..3)
+        .map(|i| {
+            tokio::spawn(async move { publish_pipelined(port, &format!("hold-flood-{i}"), "hold/t", 200_000).await })
+        })
+        .collect();
+    within(Duration::from_secs(30), "an overload", async {
+        while overloads(metrics) < 1.0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    // Other publishers, on a topic nobody reads: one QoS 1 message each, from a connection of
+    // its own (a connection's first publishes are read at once: only later reads wait).
+    let mut waits = Vec::new();
+    for i in 0..10 {
+        let (mut p, _) = Raw::connect5_ok(port, connect5(&format!("hold-pub-{i}"), true)).await;
+        let started = Instant::now();
+        let publish = publish5("hold/other", QoS::AtLeastOnce, 1, false, b"x");
+        p.send(|b| publish.write(b)).await;
+        within(Duration::from_secs(5), "a PUBACK held while overloaded", p.expect(PUBACK)).await;
+        waits.push(started.elapsed());
+    }
+    waits.sort();
+    let median = waits[waits.len() / 2];
+    // Held: without overload a PUBACK takes about as long as the fdatasync it waits for
+    // (0.2-0.7 ms here).
+    assert!(median >= Duration::from_millis(25), "PUBACKs were not held (median {median:?}): {waits:?}");
+    // But not for long: 50 ms, and a debug build on a busy machine.
+    assert!(waits[waits.len() - 1] < Duration::from_millis(600), "a PUBACK waited too long: {waits:?}");
+    floods.iter().for_each(|f| f.abort());
+    subscriber.abort();
+}
