@@ -341,7 +341,7 @@ async fn a_qos0_subscriber_that_stopped_reading_does_not_slow_publishers() {
 }
 
 /// While the broker is overloaded, a QoS 1 publisher's PUBACK waits (so that it stops at its
-/// in-flight window), about 50 ms at a time ([`OVERLOAD_PAUSE`] in the server): here a
+/// in-flight window), about 50 ms at a time (`OVERLOAD_PAUSE` in the server): here a
 /// subscriber that acknowledges, only slowly, is flooded, and a publisher elsewhere must slow
 /// down, not stop. (Fails without the hold. Without the 50 ms bound it still passes: the
 /// flooding publishers then stop at their windows, nothing arrives, and the overload ends

@@ -447,9 +447,21 @@ fn a_parked_socket_is_reported_once_readable_and_reads_normally_after() {
         parker.take_ready(&mut ready).expect("poll");
         assert!(ready.is_empty(), "silent socket reported: {ready:?}");
         tx.send(()).expect("go");
+        // Bounded: a parker that never reports would otherwise hang the test run.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while ready.is_empty() {
-            parker.wait().await.expect("wait");
+            let mut wait = std::pin::pin!(parker.wait());
+            let mut timeout = std::pin::pin!(sleep(Duration::from_millis(100)));
+            std::future::poll_fn(|cx| match wait.as_mut().poll(cx) {
+                Poll::Ready(res) => {
+                    res.expect("wait");
+                    Poll::Ready(())
+                }
+                Poll::Pending => timeout.as_mut().poll(cx),
+            })
+            .await;
             parker.take_ready(&mut ready).expect("poll");
+            assert!(std::time::Instant::now() < deadline, "the parked socket was never reported readable");
         }
         assert_eq!(ready, [42]);
         parker.unpark(&w);
