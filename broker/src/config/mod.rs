@@ -199,7 +199,9 @@ pub struct Config {
     pub max_packet_size: u32,
 
     /// Receive Maximum: QoS 1/2 publishes a client may have unacknowledged towards the
-    /// broker (more is DISCONNECT 0x93), and the cap on the broker's own outbound window.
+    /// broker (a 5.0 client that sends more gets DISCONNECT 0x93; a 3.1.1 client, which is
+    /// not told, has its further QoS 1 publishes read once PUBACKs free places, and more QoS 2
+    /// exchanges close its connection), and the cap on the broker's own outbound window.
     #[arg(long, env = "PROMPTMQ_MQTT_MAX_INFLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_inflight: u16,
 

@@ -210,6 +210,8 @@ const RETAINED_SWEEP: Duration = Duration::from_secs(30);
 const CHECKPOINT: Duration = Duration::from_secs(1);
 /// How often a connection waiting for its login verdict looks again (see `read_pause`).
 pub const LOGIN_POLL: Duration = Duration::from_millis(2);
+/// How often a 3.1.1 connection whose QoS 1 window is full looks again (see `read_pause`).
+const WINDOW_POLL: Duration = Duration::from_millis(1);
 /// How long a core forwards deliveries for a session that moved to another core (they were
 /// routed before the shards learned the new route).
 const TOMBSTONE: Duration = Duration::from_secs(10);
@@ -617,6 +619,9 @@ impl Core {
         if matches!(conn.phase, Phase::AwaitingLogin { .. }) {
             return Some(LOGIN_POLL);
         }
+        if qos1_window_full(conn, self.config.max_inflight) {
+            return Some(WINDOW_POLL);
+        }
         let rate = self.config.max_publish_rate;
         if rate == 0 {
             return None;
@@ -660,6 +665,10 @@ impl Core {
             if matches!(conn.phase, Phase::AwaitingLogin { .. }) {
                 // Nothing more is decoded (or held) for a client whose password is still being
                 // checked: the rest waits in the buffer, and reading waits (see `read_pause`).
+                break;
+            }
+            if qos1_window_full(conn, self.config.max_inflight) && next_is_qos1_or_2_publish(buf) {
+                // The PUBLISH waits in the buffer until a PUBACK frees a place.
                 break;
             }
             conn.last_seen = Moment::at(now);
@@ -971,6 +980,22 @@ impl Core {
 const READING_TICKS: u16 = 10;
 
 /// Whether bytes were written to the client within the last [`READING_TICKS`].
+/// Whether a 3.1.1 client has as many QoS 1 publishes unacknowledged as the broker's
+/// window (`mqtt.max-inflight`). 3.1.1 has no Receive Maximum to tell the client, so it is
+/// not disconnected (a 5.0 client that goes past the one it was told is, [MQTT-3.3.4-9]):
+/// its next QoS 1/2 PUBLISH waits in the buffer and reading pauses until a PUBACK frees a
+/// place. Those PUBACKs need nothing more from the client, so this cannot deadlock. (QoS 2
+/// exchanges wait for the client's PUBREL, which may be behind a waiting PUBLISH: past the
+/// window, they still close the connection.)
+fn qos1_window_full(conn: &Conn, max_inflight: u16) -> bool {
+    conn.version == ProtocolVersion::V311 && conn.unacked_qos1 >= u32::from(max_inflight)
+}
+
+/// Whether the next packet in `buf` is a QoS 1 or 2 PUBLISH (fixed header: type 3, QoS bits).
+fn next_is_qos1_or_2_publish(buf: &[u8]) -> bool {
+    buf.first().is_some_and(|&b| b >> 4 == 3 && b & 0b0110 != 0)
+}
+
 fn reading(c: &Conn, ticks: u16) -> bool {
     c.written_tick != 0 && ticks.wrapping_add(1).wrapping_sub(c.written_tick) <= READING_TICKS
 }
