@@ -979,7 +979,6 @@ impl Core {
 /// slows publishers for at most this long.
 const READING_TICKS: u16 = 10;
 
-/// Whether bytes were written to the client within the last [`READING_TICKS`].
 /// Whether a 3.1.1 client has as many QoS 1 publishes unacknowledged as the broker's
 /// window (`mqtt.max-inflight`). 3.1.1 has no Receive Maximum to tell the client, so it is
 /// not disconnected (a 5.0 client that goes past the one it was told is, [MQTT-3.3.4-9]):
@@ -996,6 +995,7 @@ fn next_is_qos1_or_2_publish(buf: &[u8]) -> bool {
     buf.first().is_some_and(|&b| b >> 4 == 3 && b & 0b0110 != 0)
 }
 
+/// Whether bytes were written to the client within the last [`READING_TICKS`].
 fn reading(c: &Conn, ticks: u16) -> bool {
     c.written_tick != 0 && ticks.wrapping_add(1).wrapping_sub(c.written_tick) <= READING_TICKS
 }
