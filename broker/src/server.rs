@@ -95,16 +95,19 @@ struct Shared {
     registry: Arc<Registry>,
     cores: usize,
     rings: Vec<ArrayQueue<CoreMsg>>,
-    /// Per ring (indexed as `rings`, overflow included), the QoS 1/2 deliveries in it.
+    /// Per ring (indexed as `rings`), the QoS 1/2 deliveries its receiver has taken out,
+    /// added once per drained batch; the sender counts those it put in
+    /// (`Driver::deliveries_sent`), and the difference is what is in transit (overflow
+    /// included).
     ///
-    /// Overload (see [`crate::core::OVERLOAD_BACKLOG`]) counts these too: their publishers
-    /// may already have been acknowledged, and no session queue holds them yet. A peer that
-    /// falls behind (the broker's cores share the machine with its clients) would otherwise
-    /// take in a thousand of them at once, all for one session, past its queue's bound,
-    /// while the publishers were told nothing. More than `deliveries_overload` to one peer
-    /// is overload. (QoS 0 is not counted: it has no queue to overflow, and full-speed QoS 0
-    /// keeps the rings that full.)
-    deliveries_in_transit: Vec<AtomicUsize>,
+    /// Overload (see [`crate::core::OVERLOAD_BACKLOG`]) counts those in transit too: their
+    /// publishers may already have been acknowledged, and no session queue holds them yet. A
+    /// peer that falls behind (the broker's cores share the machine with its clients) would
+    /// otherwise take in a thousand of them at once, all for one session, past its queue's
+    /// bound, while the publishers were told nothing. More than `deliveries_overload` to one
+    /// peer is overload. (QoS 0 is not counted: it has no queue to overflow, and full-speed
+    /// QoS 0 keeps the rings that full.)
+    deliveries_taken: Vec<CacheLine<AtomicUsize>>,
     /// Half of `mqtt.max-queued-messages`: the deliveries in transit to one peer may all be
     /// for one session, whose own queue declares overload at a quarter (`Core::offer`), and
     /// what its publishers have in flight must still fit. (A quarter was measured too: no
@@ -155,12 +158,17 @@ impl Shared {
         &self.rings[from * self.cores + to]
     }
 
-    fn deliveries_in_transit(&self, from: usize, to: usize) -> &AtomicUsize {
-        &self.deliveries_in_transit[from * self.cores + to]
+    fn deliveries_taken(&self, from: usize, to: usize) -> &AtomicUsize {
+        &self.deliveries_taken[from * self.cores + to].0
     }
 }
 
-/// Whether a cross-core message counts in [`Shared::deliveries_in_transit`].
+/// A value alone on its cache line: counters one core writes and another reads must not
+/// share a line with another pair's.
+#[repr(align(64))]
+struct CacheLine<T>(T);
+
+/// Whether a cross-core message counts in [`Shared::deliveries_taken`].
 fn acknowledged_delivery(msg: &CoreMsg) -> bool {
     matches!(msg, CoreMsg::Deliver { msg, .. } if msg.qos != crate::codec::QoS::AtMostOnce)
 }
@@ -308,7 +316,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         registry: Arc::new(Registry::new()),
         cores,
         rings: (0..cores * cores).map(|_| ArrayQueue::new(RING_CAPACITY)).collect(),
-        deliveries_in_transit: (0..cores * cores).map(|_| AtomicUsize::new(0)).collect(),
+        deliveries_taken: (0..cores * cores).map(|_| CacheLine(AtomicUsize::new(0))).collect(),
         deliveries_overload,
         wakeups,
         login_threads,
@@ -562,6 +570,9 @@ struct Driver {
     overflow_len: Cell<usize>,
     actions: RefCell<Vec<Action>>,
     wake: RefCell<Vec<bool>>,
+    /// Per peer, the QoS 1/2 deliveries this core has sent it (see
+    /// [`Shared::deliveries_taken`]).
+    deliveries_sent: Vec<Cell<usize>>,
     /// Whether this core counts itself in `Shared::congested`.
     congested: Cell<bool>,
     /// Whether this core counts itself in `Shared::overloaded` (see
@@ -612,6 +623,7 @@ async fn run_core(index: usize, shared: Arc<Shared>, start: Option<CoreStart>) {
         overflow_len: Cell::new(0),
         actions: RefCell::new(Vec::new()),
         wake: RefCell::new(vec![false; shared.cores]),
+        deliveries_sent: (0..shared.cores).map(|_| Cell::new(0)).collect(),
         congested: Cell::new(false),
         overloaded: Cell::new(false),
         stopping: Cell::new(false),
@@ -1318,14 +1330,15 @@ impl Driver {
         let mut got = 0;
         for from in (0..shared.cores).filter(|&c| c != self.id) {
             let ring = shared.ring(from, self.id);
-            let mut n = 0;
+            let (mut n, mut deliveries) = (0, 0);
             while n < DRAIN_BATCH {
                 let Some(msg) = ring.pop() else { break };
-                if acknowledged_delivery(&msg) {
-                    shared.deliveries_in_transit(from, self.id).fetch_sub(1, Ordering::Relaxed);
-                }
+                deliveries += usize::from(acknowledged_delivery(&msg));
                 self.core.borrow_mut().on_message(msg, Instant::now());
                 n += 1;
+            }
+            if deliveries > 0 {
+                shared.deliveries_taken(from, self.id).fetch_add(deliveries, Ordering::Relaxed);
             }
             if n == DRAIN_BATCH {
                 // The sender may be holding messages in overflow: let it retry.
@@ -1450,8 +1463,9 @@ impl Driver {
     fn push(&self, to: usize, msg: CoreMsg) {
         self.wake.borrow_mut()[to] = true;
         if acknowledged_delivery(&msg) {
-            let in_transit = self.shared.deliveries_in_transit(self.id, to).fetch_add(1, Ordering::Relaxed);
-            if in_transit >= self.shared.deliveries_overload && !self.overloaded.get() {
+            let sent = &self.deliveries_sent[to];
+            sent.set(sent.get().wrapping_add(1));
+            if self.deliveries_in_transit(to) > self.shared.deliveries_overload {
                 self.set_overloaded();
             }
         }
@@ -1470,13 +1484,18 @@ impl Driver {
         }
     }
 
+    /// QoS 1/2 deliveries sent to peer `to` that it has not taken yet.
+    fn deliveries_in_transit(&self, to: usize) -> usize {
+        let taken = self.shared.deliveries_taken(self.id, to).load(Ordering::Relaxed);
+        self.deliveries_sent[to].get().wrapping_sub(taken)
+    }
+
     /// The part of the overload level that peers have not taken yet (see
-    /// [`Shared::deliveries_in_transit`]).
+    /// [`Shared::deliveries_taken`]).
     fn in_transit_level(&self) -> f64 {
-        let shared = &self.shared;
-        let waiting = (0..shared.cores)
+        let waiting = (0..self.shared.cores)
             .filter(|&to| to != self.id)
-            .map(|to| shared.deliveries_in_transit(self.id, to).load(Ordering::Relaxed))
+            .map(|to| self.deliveries_in_transit(to))
             .max()
             .unwrap_or(0);
         waiting as f64 / self.shared.deliveries_overload as f64
@@ -1506,7 +1525,7 @@ impl Driver {
         if now.saturating_duration_since(self.overload_checked.get()) >= Duration::from_millis(1) {
             self.overload_checked.set(now);
             let level = self.core.borrow_mut().overload_level_now();
-            self.apply_overload(level.max(self.in_transit_level()));
+            self.apply_overload(level);
         }
     }
 
@@ -1514,10 +1533,13 @@ impl Driver {
     /// [`crate::core::OVERLOAD_BACKLOG`]).
     fn update_overload(&self) {
         let level = self.core.borrow_mut().overload_level();
-        self.apply_overload(level.max(self.in_transit_level()));
+        self.apply_overload(level);
     }
 
-    fn apply_overload(&self, level: f64) {
+    /// Sets or clears the mark from the core's level (session queues, write backlogs) and
+    /// what waits for peers (see [`Shared::deliveries_taken`]).
+    fn apply_overload(&self, core_level: f64) {
+        let level = core_level.max(self.in_transit_level());
         if level > 1.0 {
             self.set_overloaded();
         } else if self.overloaded.get() && level < 0.25 {
