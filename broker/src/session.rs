@@ -776,6 +776,17 @@ impl Limits {
             log_deliveries: config.wal_enabled,
         }
     }
+
+    /// How full `queue` is against a quarter of its bound, in messages or (with a byte
+    /// bound) in bytes, whichever is fuller: above 1.0 a client that takes what it is sent
+    /// has the broker overloaded on its own (see `Core::offer` and `Core::overload_level_now`).
+    pub fn queue_quarter_level(&self, queue: &MessageQueue) -> f64 {
+        let mut level = queue.len() as f64 / (self.max_queued / 4).max(1) as f64;
+        if self.max_queued_bytes > 0 {
+            level = level.max(queue.bytes() as f64 / (self.max_queued_bytes / 4).max(1) as f64);
+        }
+        level
+    }
 }
 
 /// Offers a message to a session: sends it now if connected and the window allows,

@@ -502,16 +502,11 @@ impl Core {
     fn watched_queue_level(&self) -> Option<f64> {
         let watched = self.watched.as_ref()?;
         let (max_messages, max_bytes) = self.watched_limits;
-        let quarter = (self.limits.max_queued / 4).max(1);
-        let quarter_bytes = (self.limits.max_queued_bytes / 4).max(1);
         let (mut messages, mut bytes, mut alone) = (0usize, 0usize, 0.0f64);
         for s in watched.iter().filter_map(|id| self.sessions.get(id)).filter(|s| s.conn().is_some()) {
             messages += s.queue.len();
             bytes += s.queue.bytes();
-            alone = alone.max(s.queue.len() as f64 / quarter as f64);
-            if self.limits.max_queued_bytes > 0 {
-                alone = alone.max(s.queue.bytes() as f64 / quarter_bytes as f64);
-            }
+            alone = alone.max(self.limits.queue_quarter_level(&s.queue));
         }
         let together = (messages as f64 / max_messages.max(1) as f64).max(bytes as f64 / max_bytes.max(1) as f64);
         Some(together.max(alone))
@@ -998,13 +993,6 @@ fn next_is_qos1_or_2_publish(buf: &[u8]) -> bool {
 /// Whether bytes were written to the client within the last [`READING_TICKS`].
 fn reading(c: &Conn, ticks: u16) -> bool {
     c.written_tick != 0 && ticks.wrapping_add(1).wrapping_sub(c.written_tick) <= READING_TICKS
-}
-
-/// Whether a connected session's queue counts towards overload: its client takes what it is
-/// sent (it acknowledged since the last look, or was written to lately, see [`reading`]).
-/// One that stopped doing both holds nobody up: its queue drops as configured.
-fn takes_deliveries(acked: bool, conn: Option<&Conn>, ticks: u16) -> bool {
-    acked || conn.is_some_and(|c| reading(c, ticks))
 }
 
 /// Adds a session to a watch list (see `Core::watched`); too many make it `None`.

@@ -537,10 +537,12 @@ impl Core {
         // At full speed a queue of the default 1,000 fills in milliseconds, long before the
         // next tick measures the backlog: a queue a quarter full is overload at once (what the
         // publishers have in flight still arrives after that, and must fit).
+        // Only if its client takes what it is sent (it acknowledged since the last tick, or is
+        // being written to): one that stopped doing both holds nobody up, its queue drops as
+        // configured.
         if !self.overload_signalled
-            && super::takes_deliveries(session.acked_since_check, conn.as_deref(), self.ticks)
-            && (session.queue.len() > self.limits.max_queued / 4
-                || (self.limits.max_queued_bytes > 0 && session.queue.bytes() > self.limits.max_queued_bytes / 4))
+            && (session.acked_since_check || reading)
+            && self.limits.queue_quarter_level(&session.queue) > 1.0
         {
             self.overload_signalled = true;
             // The fast checks between ticks (`overload_level_now`) look at this queue again.
