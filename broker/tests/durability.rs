@@ -12,6 +12,19 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// A 2-core broker whose acknowledgements wait for the fdatasync that covers them
+/// (`immediate`), logging at `info` (its log is shown when an assertion fails).
+fn immediate_broker() -> BrokerOpts {
+    BrokerOpts::new().cores(2).log_level("info").extra_args(&["--wal-sync-mode", "immediate"])
+}
+
+/// Leaves behind an offline persistent session (expiry 1 h) subscribed to `filter`.
+async fn offline_subscriber(port: u16, id: &str, filter: &str, qos: QoS5) {
+    let mut c = Client5::connect(port, id, false, Some(3600)).await;
+    c.subscribe(filter, qos).await;
+    c.disconnect().await;
+}
+
 /// Publishes retained QoS 1 updates (payload = a sequence number) round-robin over
 /// `topics` topics with up to 32 in flight, until `until`; returns the highest
 /// acknowledged sequence number per topic. Connection errors end it quietly (the broker
@@ -105,7 +118,7 @@ async fn retained_now(port: u16, topics: usize) -> HashMap<String, u64> {
 async fn acknowledged_retained_messages_survive_kill_9() {
     skip_on_mosquitto!("crash test of promptmq's WAL");
     let topics = 40;
-    let mut broker = BrokerOpts::new().cores(2).extra_args(&["--wal-sync-mode", "immediate"]).start().await;
+    let mut broker = immediate_broker().start().await;
     let mut acked_total: HashMap<String, u64> = HashMap::new();
     let mut seq = 1;
     for cycle in 0..4 {
@@ -173,21 +186,11 @@ async fn retained_messages_survive_a_restart_even_without_immediate_sync() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persistent_subscriber_gets_every_acknowledged_message_after_kill_9() {
     skip_on_mosquitto!("crash test of promptmq's WAL");
-    let mut broker = BrokerOpts::new()
-        .cores(2)
-        .max_queued_messages(1_000_000)
-        .log_level("info")
-        .extra_args(&["--wal-sync-mode", "immediate"])
-        .start()
-        .await;
+    let mut broker = immediate_broker().max_queued_messages(1_000_000).start().await;
     let port = broker.port();
-    let mut sub = Client5::connect(port, "pq-sub", false, Some(3600)).await;
-    sub.subscribe("pq/#", QoS5::AtLeastOnce).await;
-    sub.disconnect().await;
+    offline_subscriber(port, "pq-sub", "pq/#", QoS5::AtLeastOnce).await;
     // And one with an exact filter (recovery indexes exact filters apart from wildcards).
-    let mut exact = Client5::connect(port, "pq-exact", false, Some(3600)).await;
-    exact.subscribe("pq/3", QoS5::AtLeastOnce).await;
-    exact.disconnect().await;
+    offline_subscriber(port, "pq-exact", "pq/3", QoS5::AtLeastOnce).await;
     let mut acked: Vec<(String, u64)> = Vec::new();
     let mut first = 1;
     for cycle in 0..3 {
@@ -273,9 +276,7 @@ async fn retention_deletes_old_segments_but_keeps_what_is_still_needed() {
     // and messages owed to that session while it is offline.
     let mut p = Client5::connect(port, "ret-pub", true, None).await;
     p.publish("keep/retained", QoS5::AtLeastOnce, true, "still here").await;
-    let mut sub = Client5::connect(port, "ret-sub", false, Some(3600)).await;
-    sub.subscribe("owed/#", QoS5::AtLeastOnce).await;
-    sub.disconnect().await;
+    offline_subscriber(port, "ret-sub", "owed/#", QoS5::AtLeastOnce).await;
     for i in 0..20 {
         p.publish("owed/x", QoS5::AtLeastOnce, false, format!("owed {i}")).await;
     }
@@ -540,12 +541,9 @@ fn ack_reason(f: &Frame, pkid: u16) -> u8 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_inbound_qos2_exchange_survives_kill_9_and_its_message_is_delivered_once() {
     skip_on_mosquitto!("crash test of promptmq's WAL");
-    let mut broker =
-        BrokerOpts::new().cores(2).log_level("info").extra_args(&["--wal-sync-mode", "immediate"]).start().await;
+    let mut broker = immediate_broker().start().await;
     let port = broker.port();
-    let mut sub = Client5::connect(port, "q2x-sub", false, Some(3600)).await;
-    sub.subscribe("q2x/#", QoS5::ExactlyOnce).await;
-    sub.disconnect().await;
+    offline_subscriber(port, "q2x-sub", "q2x/#", QoS5::ExactlyOnce).await;
 
     let (mut p5, _) = Raw::connect5_ok(port, connect5_session("q2x-pub5", true, 3600)).await;
     p5.publish5(&publish5("q2x/v5", QoS::ExactlyOnce, 7, false, b"once5")).await;
@@ -596,8 +594,7 @@ async fn an_inbound_qos2_exchange_survives_kill_9_and_its_message_is_delivered_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outbound_qos2_exchange_resumes_with_its_packet_id_after_kill_9() {
     skip_on_mosquitto!("crash test of promptmq's WAL");
-    let mut broker =
-        BrokerOpts::new().cores(2).log_level("info").extra_args(&["--wal-sync-mode", "immediate"]).start().await;
+    let mut broker = immediate_broker().start().await;
     let port = broker.port();
     let (mut sub, _) = Raw::connect5_ok(port, connect5_session("q2o-sub", true, 3600)).await;
     sub.sub5(1, "q2o/#", QoS::ExactlyOnce).await;
@@ -680,8 +677,7 @@ async fn an_outbound_qos2_exchange_resumes_with_its_packet_id_after_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_acknowledged_in_immediate_mode_survives_kill_9_right_after_its_suback() {
     skip_on_mosquitto!("crash test of promptmq's WAL");
-    let mut broker =
-        BrokerOpts::new().cores(2).log_level("info").extra_args(&["--wal-sync-mode", "immediate"]).start().await;
+    let mut broker = immediate_broker().start().await;
     let port = broker.port();
     for round in 0..4 {
         let id = format!("sub-now-{round}");
@@ -706,12 +702,9 @@ async fn a_subscription_acknowledged_in_immediate_mode_survives_kill_9_right_aft
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_routed_to_an_offline_shared_subscription_member_survive_kill_9() {
     skip_on_mosquitto!("crash test of promptmq's WAL");
-    let mut broker =
-        BrokerOpts::new().cores(2).log_level("info").extra_args(&["--wal-sync-mode", "immediate"]).start().await;
+    let mut broker = immediate_broker().start().await;
     let port = broker.port();
-    let mut member = Client5::connect(port, "sh-persistent", false, Some(3600)).await;
-    member.subscribe("$share/g/sh/#", QoS5::AtLeastOnce).await;
-    member.disconnect().await;
+    offline_subscriber(port, "sh-persistent", "$share/g/sh/#", QoS5::AtLeastOnce).await;
     let mut online = Client5::connect(port, "sh-online", true, None).await;
     online.subscribe("$share/g/sh/#", QoS5::AtLeastOnce).await;
 
